@@ -1,0 +1,37 @@
+# Everything a fresh machine needs: `make serve` and `make test` create .venv themselves.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORT ?= 8601
+
+.PHONY: serve test lint unit integration bench clean
+
+$(BIN)/forwarding: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.test-deps: $(BIN)/forwarding
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+serve: $(BIN)/forwarding
+	$(BIN)/forwarding serve --port $(PORT)
+
+lint: $(VENV)/.test-deps
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/mypy src
+
+test: lint
+	$(BIN)/pytest -q
+
+unit: $(VENV)/.test-deps
+	$(BIN)/pytest -q tests/unit tests/property
+
+integration: $(VENV)/.test-deps
+	$(BIN)/pytest -q tests/integration
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

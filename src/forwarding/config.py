@@ -1,0 +1,46 @@
+"""Every server setting in one typed place, with its default and what it bounds.
+
+The CLI flags of ``forwarding serve`` map one to one onto :class:`ServerConfig`
+(docs/operations.md lists them). Worst-case memory, for the record:
+
+* handshaking connection: ``max_line`` (64 KiB) of line buffer plus one read
+  (at most 256 KiB) while it is being split;
+* established session: its write buffer reaches ``write_buffer_high`` and then
+  holds at most one more read (<= 256 KiB) from each sender that was still
+  delivering when it crossed the mark, because those senders stop being read;
+* so the server as a whole stays below ``max_connections`` x (write_buffer_high +
+  256 KiB x fan-in) plus Python's per-connection overhead (a few KiB).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from .protocol.handshake import HandshakeLimits
+
+
+class Mode(enum.Enum):
+    HANDSHAKE = "handshake"
+    """Each client does the JSON handshake (the default)."""
+    BROADCAST = "broadcast"
+    """No handshake: every connection gets a generated chid and talks to all others."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    hosts: tuple[str, ...] = ("0.0.0.0",)
+    """Addresses to listen on; IPv4, IPv6 or names. ``::`` listens on IPv6."""
+    port: int = 8601
+    """TCP port; 0 picks a free one (the ready log line names it)."""
+    mode: Mode = Mode.HANDSHAKE
+    limits: HandshakeLimits = field(default_factory=HandshakeLimits)
+    """Handshake timeout, line limit, default and maximum idle timeout."""
+    write_buffer_high: int = 1024 * 1024
+    """Bytes queued for one client above which its senders stop being read."""
+    write_buffer_low: int = 256 * 1024
+    """Bytes queued for one client below which its senders are read again."""
+    slow_receiver_timeout: float = 30.0
+    """Seconds a client may stay above ``write_buffer_high`` before it is disconnected."""
+    shutdown_grace: float = 5.0
+    """Seconds SIGTERM waits for queued bytes to drain before cutting connections."""

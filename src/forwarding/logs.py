@@ -1,0 +1,55 @@
+"""Log set-up: plain text (``key=value`` pairs) or one JSON object per line.
+
+Code logs a short message and puts its data in ``extra={"fields": {...}}``, so
+both formats carry the same fields and machines never parse prose.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+FORMATS = ("text", "json")
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = getattr(record, "fields", None)
+    return fields if isinstance(fields, dict) else {}
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    t = time.gmtime(record.created)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", t) + f".{int(record.msecs):03d}Z"
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        parts = [_timestamp(record), record.levelname, record.getMessage()]
+        for key, value in _fields(record).items():
+            text = value if isinstance(value, int | float) else json.dumps(str(value), ensure_ascii=False)
+            parts.append(f"{key}={text}")
+        line = " ".join(str(p) for p in parts)
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        obj: dict[str, Any] = {"ts": _timestamp(record), "level": record.levelname, "msg": record.getMessage()}
+        obj.update(_fields(record))
+        if record.exc_info:
+            obj["exc"] = self.formatException(record.exc_info)
+        return json.dumps(obj, ensure_ascii=False)
+
+
+def configure(level: str = "info", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger("forwarding")
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    root.propagate = False

@@ -1,0 +1,179 @@
+"""The server side of the handshake as an I/O-free state machine.
+
+Feed it bytes with :meth:`ServerHandshake.receive_data`, pull events with
+:meth:`~ServerHandshake.next_event`, answer them with :meth:`accept_chid`,
+:meth:`establish` or :meth:`fail`, and write out :meth:`data_to_send` after
+every call. Time comes in as a number: :attr:`deadline` says when the handshake
+expires and :meth:`handle_timeout` applies it. No sockets, no clock, no asyncio:
+the rules are tested by feeding bytes (docs/protocol.md, "Handshake").
+
+Which request each state accepts is the table :data:`TRANSITIONS`; anything else
+is a FAIL whose desc names what was expected.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from .linebuffer import LineBuffer, LineTooLong
+from .messages import HandshakeError, Hs1, Hs3, Request, encode, hs2, hs4_fail, hs4_ok, parse_request
+
+
+class State(enum.Enum):
+    AWAIT_HS1 = "awaiting hs1"
+    CHOOSING_CHID = "choosing a chid"  # Hs1Received was handed out; the session must answer it
+    AWAIT_HS3 = "awaiting hs3"
+    ROUTING = "routing"  # Hs3Received was handed out; the session must answer it
+    ESTABLISHED = "established"
+    FAILED = "failed"
+
+
+TRANSITIONS: dict[State, dict[type[Request], State]] = {
+    State.AWAIT_HS1: {Hs1: State.CHOOSING_CHID},
+    State.AWAIT_HS3: {Hs3: State.ROUTING},
+}
+"""State -> request type -> next state. A request missing here is out of order."""
+
+_EXPECTED = {State.AWAIT_HS1: "hs1", State.AWAIT_HS3: "hs3"}
+
+
+@dataclass(frozen=True, slots=True)
+class HandshakeLimits:
+    """The bounds one handshake works within; see docs/operations.md for the flags."""
+
+    handshake_timeout: float = 10.0
+    """Seconds from connect to hs4 before the server gives up."""
+    max_line: int = 64 * 1024
+    """Longest handshake line in bytes; also bounds the handshake's buffer."""
+    default_idle_timeout: float = 3600.0
+    """Idle timeout for a session whose hs3 names none."""
+    max_idle_timeout: float = 86400.0
+    """Largest idle timeout a client may ask for; larger asks are lowered to it."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hs1Received:
+    """The client sent hs1. Answer with ``accept_chid(chid)`` or ``fail(desc)``."""
+
+    chid: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Hs3Received:
+    """The client sent hs3. Answer with ``establish(online)`` or ``fail(desc)``."""
+
+    recvers: tuple[str, ...] | None
+    timeout: float
+    """The idle timeout that applies: asked for, or the default, capped by the maximum."""
+    wait: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The handshake failed; a FAIL reply is queued and the connection must close."""
+
+    desc: str
+
+
+class _Sentinel(enum.Enum):
+    NEED_DATA = "need data"
+    PAUSED = "paused"
+
+
+NEED_DATA = _Sentinel.NEED_DATA
+"""No complete request is buffered; feed more bytes."""
+PAUSED = _Sentinel.PAUSED
+"""An event is waiting for its answer, or the handshake is over."""
+
+Event = Hs1Received | Hs3Received | Failed
+
+
+class ServerHandshake:
+    """One connection's handshake, from the first byte to hs4."""
+
+    def __init__(self, limits: HandshakeLimits, now: float) -> None:
+        self.limits = limits
+        self.state = State.AWAIT_HS1
+        self.chid: str | None = None
+        self.idle_timeout = limits.default_idle_timeout
+        """The idle timeout that applies once hs3 is in."""
+        self.deadline: float | None = now + limits.handshake_timeout
+        """When the handshake expires; ``None`` once it is over."""
+        self._lines = LineBuffer(limits.max_line)
+        self._out: list[bytes] = []
+
+    # -- input -------------------------------------------------------------
+
+    def receive_data(self, data: bytes) -> None:
+        self._lines.feed(data)
+
+    def next_event(self) -> Event | _Sentinel:
+        if self.state not in TRANSITIONS:
+            return PAUSED
+        try:
+            line = self._lines.next_line()
+            while line is not None and not line.strip():
+                line = self._lines.next_line()  # blank lines carry nothing; skip them
+            if line is None:
+                return NEED_DATA
+            request = parse_request(line.rstrip(b"\r"))
+            next_state = TRANSITIONS[self.state].get(type(request))
+            if next_state is None:
+                raise HandshakeError(f"expected {_EXPECTED[self.state]}, got {_step(request)}")
+        except (HandshakeError, LineTooLong) as exc:
+            return self.fail(getattr(exc, "desc", str(exc)))
+        self.state = next_state
+        if isinstance(request, Hs1):
+            return Hs1Received(request.chid)
+        self.idle_timeout = self._idle_timeout(request)
+        return Hs3Received(request.recvers, self.idle_timeout, request.wait)
+
+    def handle_timeout(self, now: float) -> Failed | None:
+        """Fail the handshake if its deadline has passed."""
+        if self.deadline is None or now < self.deadline:
+            return None
+        return self.fail(f"handshake not completed within {self.limits.handshake_timeout:g} s")
+
+    # -- answers from the session -----------------------------------------
+
+    def accept_chid(self, chid: str) -> None:
+        self._expect(State.CHOOSING_CHID)
+        self.chid = chid
+        self.state = State.AWAIT_HS3
+        self._out.append(encode(hs2(chid)))
+
+    def establish(self, online: list[str] | None) -> bytes:
+        """Queue hs4 OK and return the bytes that followed hs3: they are data."""
+        self._expect(State.ROUTING)
+        assert self.chid is not None
+        self.state = State.ESTABLISHED
+        self.deadline = None
+        self._out.append(encode(hs4_ok(self.chid, self.idle_timeout, online)))
+        return self._lines.take_rest()
+
+    def fail(self, desc: str) -> Failed:
+        self.state = State.FAILED
+        self.deadline = None
+        self._out.append(encode(hs4_fail(desc)))
+        self._lines.take_rest()  # nothing more will be read; free the buffer
+        return Failed(desc)
+
+    # -- output ------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        out = b"".join(self._out)
+        self._out.clear()
+        return out
+
+    def _expect(self, state: State) -> None:
+        if self.state is not state:
+            raise RuntimeError(f"handshake is {self.state.value}, not {state.value}")
+
+    def _idle_timeout(self, hs3: Hs3) -> float:
+        asked = self.limits.default_idle_timeout if hs3.timeout is None else hs3.timeout
+        return min(asked, self.limits.max_idle_timeout)
+
+
+def _step(request: Request) -> str:
+    return "hs1" if isinstance(request, Hs1) else "hs3"

@@ -1,0 +1,148 @@
+"""Handshake messages: parsing requests, building replies.
+
+docs/protocol.md, "Handshake", is the contract. Every check raises
+:class:`HandshakeError` with a ``desc`` that says what was wrong and what was
+expected; that text goes to the client in the ``FAIL`` reply as it is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .chid import chid_problem
+
+MAX_RECVERS = 1024
+"""Most chids one hs3 may name. Bounds the work and memory of one session's routing."""
+
+
+class HandshakeError(Exception):
+    """The peer broke a handshake rule; ``desc`` is the text of the FAIL reply."""
+
+    def __init__(self, desc: str) -> None:
+        super().__init__(desc)
+        self.desc = desc
+
+
+@dataclass(frozen=True, slots=True)
+class Hs1:
+    """``{"req":"hs1","chid"?}``: the client asks for a chid, its own or a generated one."""
+
+    chid: str | None
+    """The chid asked for; ``None`` when absent or ``""`` (generate one)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Hs3:
+    """``{"req":"hs3","recvers"?,"timeout"?,"wait"?}``: the client says where its bytes go."""
+
+    recvers: tuple[str, ...] | None
+    """Receivers, duplicates removed, in order; ``None`` means broadcast to all others."""
+    timeout: float | None
+    """Idle timeout asked for, in seconds; ``None`` means the server's default."""
+    wait: bool
+    """Hold hs4 until every named receiver is online."""
+
+
+Request = Hs1 | Hs3
+
+
+def parse_request(line: bytes) -> Request:
+    """Parse one handshake line (without its ``\\n``) into a request.
+
+    Unknown fields are ignored, so that later versions may add optional ones.
+    """
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise HandshakeError("handshake line is not valid UTF-8") from None
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        raise HandshakeError("handshake line is not valid JSON") from None
+    if not isinstance(obj, dict):
+        raise HandshakeError("handshake line must be a JSON object")
+    req = obj.get("req")
+    if req == "hs1":
+        return _parse_hs1(obj)
+    if req == "hs3":
+        return _parse_hs3(obj)
+    if req is None:
+        raise HandshakeError('handshake message has no "req" field')
+    if isinstance(req, str):
+        raise HandshakeError(f'unknown req {_quote(req)}, expected "hs1" or "hs3"')
+    raise HandshakeError('"req" must be a string')
+
+
+def _parse_hs1(obj: dict[str, Any]) -> Hs1:
+    chid = obj.get("chid")
+    if chid is None or chid == "":
+        return Hs1(chid=None)
+    if not isinstance(chid, str):
+        raise HandshakeError('"chid" must be a string')
+    problem = chid_problem(chid)
+    if problem is not None:
+        raise HandshakeError(problem)
+    return Hs1(chid=chid)
+
+
+def _parse_hs3(obj: dict[str, Any]) -> Hs3:
+    recvers = obj.get("recvers")
+    names: tuple[str, ...] | None = None
+    if recvers is not None:
+        if not isinstance(recvers, list):
+            raise HandshakeError('"recvers" must be a list of chids')
+        if len(recvers) > MAX_RECVERS:
+            raise HandshakeError(f'"recvers" names {len(recvers)} chids, the limit is {MAX_RECVERS}')
+        for r in recvers:
+            if not isinstance(r, str):
+                raise HandshakeError('"recvers" must be a list of strings')
+            problem = chid_problem(r)
+            if problem is not None:
+                raise HandshakeError(f"in recvers: {problem}")
+        # An empty list means broadcast, as an absent one does (the seed's rule).
+        names = tuple(dict.fromkeys(recvers)) or None
+    timeout = obj.get("timeout")
+    if timeout is not None:
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+            raise HandshakeError('"timeout" must be a number of seconds')
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise HandshakeError('"timeout" must be a positive number of seconds')
+        timeout = float(timeout)
+    wait = obj.get("wait", False)
+    if not isinstance(wait, bool):
+        raise HandshakeError('"wait" must be true or false')
+    return Hs3(recvers=names, timeout=timeout, wait=wait)
+
+
+def _quote(text: str, limit: int = 32) -> str:
+    """Quote peer-supplied text for a desc or log line, cut short and escaped."""
+    short = text if len(text) <= limit else text[:limit] + "..."
+    return json.dumps(short)
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    """One reply line: compact JSON, UTF-8, terminated by ``\\n``."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+def hs2(chid: str) -> dict[str, Any]:
+    return {"rsp": "hs2", "chid": chid}
+
+
+def hs4_ok(chid: str, timeout: float, online: list[str] | None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"rsp": "hs4", "result": "OK", "chid": chid, "timeout": _number(timeout)}
+    if online is not None:
+        reply["online"] = online
+    return reply
+
+
+def hs4_fail(desc: str) -> dict[str, Any]:
+    return {"rsp": "hs4", "result": "FAIL", "desc": desc}
+
+
+def _number(value: float) -> float | int:
+    """Write whole seconds as integers, so old clients that expect ints are not surprised."""
+    return int(value) if value.is_integer() else value

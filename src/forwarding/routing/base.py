@@ -1,0 +1,79 @@
+"""The routing interface: who is online, and who receives a sender's bytes.
+
+A router knows sessions only as :class:`Sink` objects. The local router
+(:mod:`.local`) keeps them in a dict; a clustered one can implement the same
+interface over a message bus, and the server layer does not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Protocol
+
+
+class Sink(Protocol):
+    """A routable session, as a router sees it."""
+
+    @property
+    def chid(self) -> str: ...
+
+    def deliver(self, data: bytes) -> bool:
+        """Queue ``data`` for the client; return ``True`` if the sink is now over its high-water mark.
+
+        Must not release any sink synchronously (routers iterate their registry
+        while delivering); a failed write closes the sink later.
+        """
+        ...
+
+    def throttle(self, by: Sink) -> None:
+        """Stop reading from this sender until ``by`` drains below its low-water mark.
+
+        Implementations register with ``by.add_waiter(self)``.
+        """
+        ...
+
+    def add_waiter(self, sender: Sink) -> None:
+        """Call ``sender.unthrottle(self)`` once this sink has drained (or closed)."""
+        ...
+
+    def discard_waiter(self, sender: Sink) -> None:
+        """Forget ``sender``: it closed while paused on this sink."""
+        ...
+
+    def unthrottle(self, by: Sink) -> None:
+        """``by`` has drained or closed; resume reading if nothing else holds this sender."""
+        ...
+
+
+OnlineCallback = Callable[[str], None]
+
+
+class Router(Protocol):
+    def claim(self, sink: Sink) -> bool:
+        """Make ``sink`` online under its chid; ``False`` if the chid is taken."""
+        ...
+
+    def release(self, sink: Sink) -> None:
+        """Take ``sink`` offline; its chid is free at once. Releasing twice is harmless."""
+        ...
+
+    def online(self, chids: Iterable[str]) -> list[str]:
+        """Those of ``chids`` that are online, in the order given."""
+        ...
+
+    def is_online(self, chid: str) -> bool: ...
+
+    def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes) -> int:
+        """Deliver ``data`` from ``sender`` to ``recvers`` (``None``: all others).
+
+        Returns the number of bytes that could not be delivered because a named
+        receiver was offline (``len(data)`` once per such receiver). Calls
+        ``sender.throttle(sink)`` for each receiver that is over its high mark.
+        """
+        ...
+
+    def watch(self, callback: OnlineCallback) -> None:
+        """Call ``callback(chid)`` whenever a chid comes online, until :meth:`unwatch`."""
+        ...
+
+    def unwatch(self, callback: OnlineCallback) -> None: ...

@@ -1,0 +1,362 @@
+"""One client connection: an asyncio.Protocol that moves bytes between the socket,
+the handshake core and the router.
+
+It decides nothing about the protocol: the handshake rules live in
+:mod:`forwarding.protocol.handshake`. Once established, ``data_received`` is the
+forwarding hot path: count, stamp, route. Flow control is per receiver: when a
+receiver's transport passes its high-water mark, every sender that delivers to
+it stops being read until it drains (docs/protocol.md, "Flow control").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import TYPE_CHECKING, cast
+
+from ..protocol.chid import generate_chid
+from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
+from ..routing.base import Router, Sink
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("forwarding.session")
+
+
+class Session(asyncio.Protocol):
+    """A client connection from accept to close."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._router: Router = relay.router
+        self._loop = relay.loop
+        config = relay.config
+        self._config = config
+        self.chid = ""
+        self.peer = "?"
+        self.recvers: tuple[str, ...] | None = None
+        self.idle_timeout = config.limits.default_idle_timeout
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+        self.outcome: Outcome | None = None
+        self.desc: str | None = None
+        self.opened_at = self._loop.time()
+        self.last_active = self.opened_at
+        self.established = False
+        self._transport: asyncio.Transport | None = None
+        self._hs: ServerHandshake | None = None
+        self._registered = False
+        self._waiting = False
+        # Until hs4 is out, deliveries queue here and count as "over the mark",
+        # so their senders pause after one read: bounded by fan-in x one read.
+        self._pending: list[bytes] = []
+        self._write: Callable[[bytes], None] = self._pending.append
+        self._write_paused = True
+        self._blockers: set[Sink] = set()  # receivers over their mark that this session sent to
+        self._waiters: set[Sink] = set()  # senders paused because of this session
+        self._timer: asyncio.TimerHandle | None = None
+        self._slow_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks ----------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports do not subclass asyncio.Transport, so no isinstance check.
+        transport = cast(asyncio.Transport, transport)
+        self._transport = transport
+        transport.set_write_buffer_limits(self._config.write_buffer_high, self._config.write_buffer_low)
+        peer = transport.get_extra_info("peername")
+        if peer:
+            host, port = peer[0], peer[1]
+            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._relay.session_opened(self)
+        if self._relay.broadcast_mode:
+            self.chid = generate_chid()
+            while not self._router.claim(self):  # pragma: no cover - 128 random bits
+                self.chid = generate_chid()
+            self._registered = True
+            self._establish(hs4=b"")
+        else:
+            self._hs = ServerHandshake(self._config.limits, self.opened_at)
+            self._arm_handshake_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.established:
+            # The hot path: no parsing, no copying, no logging.
+            self.bytes_in += len(data)
+            self.last_active = self._loop.time()
+            dropped = self._router.route(self, self.recvers, data)
+            if dropped:
+                self.dropped += dropped
+            return
+        if self._hs is None or self.outcome is not None:
+            return
+        self._hs.receive_data(data)
+        self._drive_handshake()
+
+    def eof_received(self) -> bool:
+        if self.outcome is None:
+            self.outcome = Outcome.CLIENT_CLOSED if self.established else Outcome.HANDSHAKE_ABANDONED
+        return False  # close our side too; queued bytes are flushed first
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._slow_timer is None and self.outcome is None:
+            self._slow_timer = self._loop.call_later(self._config.slow_receiver_timeout, self._too_slow)
+
+    def resume_writing(self) -> None:
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+        if self.established:
+            self._write_paused = False
+            self._release_waiters()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.outcome is None:
+            if exc is not None:
+                self.outcome = Outcome.RESET
+                self.desc = str(exc) or type(exc).__name__
+            else:
+                self.outcome = Outcome.CLIENT_CLOSED if self.established else Outcome.HANDSHAKE_ABANDONED
+        self._teardown()
+        self._relay.session_closed(self)
+
+    # -- Sink, for the router ------------------------------------------------
+
+    def deliver(self, data: bytes) -> bool:
+        self.bytes_out += len(data)
+        self.last_active = self._loop.time()
+        self._write(data)
+        return self._write_paused
+
+    def throttle(self, by: Sink) -> None:
+        if by in self._blockers:
+            return
+        self._blockers.add(by)
+        by.add_waiter(self)
+        if len(self._blockers) == 1 and self._transport is not None:
+            self._transport.pause_reading()
+
+    def add_waiter(self, sender: Sink) -> None:
+        self._waiters.add(sender)
+
+    def discard_waiter(self, sender: Sink) -> None:
+        self._waiters.discard(sender)
+
+    def unthrottle(self, by: Sink) -> None:
+        self._blockers.discard(by)
+        if not self._blockers and self.outcome is None and not self._waiting and self._transport is not None:
+            self._transport.resume_reading()
+
+    # -- handshake -----------------------------------------------------------
+
+    def _drive_handshake(self) -> None:
+        hs = self._hs
+        assert hs is not None
+        while self.outcome is None:
+            event = hs.next_event()
+            if isinstance(event, Hs1Received):
+                self._on_hs1(event)
+            elif isinstance(event, Hs3Received):
+                self._on_hs3(event)
+            elif isinstance(event, Failed):
+                self._refuse(Outcome.HANDSHAKE_FAILED, event.desc)
+            else:
+                break
+        self._flush_handshake()
+
+    def _on_hs1(self, event: Hs1Received) -> None:
+        assert self._hs is not None
+        if event.chid is None:
+            chid = generate_chid()
+        elif self._router.is_online(event.chid):
+            self._refuse(Outcome.CHID_IN_USE, f"chid {event.chid!r} is online; pick another or omit it")
+            return
+        else:
+            chid = event.chid
+        self.chid = chid
+        self._hs.accept_chid(chid)
+
+    def _on_hs3(self, event: Hs3Received) -> None:
+        self.recvers = event.recvers
+        self.idle_timeout = event.timeout
+        if not self._router.claim(self):
+            self._refuse(Outcome.CHID_IN_USE, f"chid {self.chid!r} came online during the handshake")
+            return
+        self._registered = True
+        if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
+            self._waiting = True
+            assert self._transport is not None
+            self._transport.pause_reading()
+            self._router.watch(self._on_peer_online)
+            return
+        self._finish_handshake()
+
+    def _on_peer_online(self, chid: str) -> None:
+        assert self.recvers is not None
+        if chid in self.recvers and len(self._router.online(self.recvers)) == len(self.recvers):
+            # Defer: we are inside another session's claim().
+            self._loop.call_soon(self._finish_waiting)
+
+    def _finish_waiting(self) -> None:
+        if self._waiting and self.outcome is None:
+            self._finish_handshake()
+
+    def _finish_handshake(self) -> None:
+        hs = self._hs
+        assert hs is not None and self._transport is not None
+        online = self._router.online(self.recvers) if self.recvers is not None else None
+        trailing = hs.establish(online)
+        if self._waiting:
+            self._waiting = False
+            self._router.unwatch(self._on_peer_online)
+            if not self._blockers:
+                self._transport.resume_reading()
+        self._establish(hs.data_to_send())
+        self._hs = None
+        if trailing:
+            self.data_received(trailing)
+
+    def _refuse(self, outcome: Outcome, desc: str) -> None:
+        """Send FAIL (queued by the core) and close."""
+        assert self._hs is not None
+        if self._hs.state is not State.FAILED:
+            self._hs.fail(desc)
+        self.outcome = outcome
+        self.desc = desc
+        self._flush_handshake()
+        self._close()
+
+    def _flush_handshake(self) -> None:
+        if self._hs is not None and self._transport is not None:
+            out = self._hs.data_to_send()
+            if out:
+                self._transport.write(out)
+
+    def _establish(self, hs4: bytes) -> None:
+        """Write hs4 and whatever was delivered while waiting, then go live."""
+        transport = self._transport
+        assert transport is not None
+        pending = self._pending
+        self._write = transport.write
+        self._write_paused = False
+        self.established = True
+        if hs4:
+            transport.write(hs4)
+        for chunk in pending:
+            transport.write(chunk)
+        pending.clear()
+        self.last_active = self._loop.time()
+        self._arm_idle_timer()
+        log.info(
+            "session open",
+            extra={"fields": {"chid": self.chid, "peer": self.peer, "recvers": _recvers_text(self.recvers)}},
+        )
+        if not self._write_paused:
+            self._release_waiters()
+
+    # -- timers --------------------------------------------------------------
+
+    def _arm_handshake_timer(self) -> None:
+        assert self._hs is not None and self._hs.deadline is not None
+        self._timer = self._loop.call_at(self._hs.deadline, self._handshake_timer_fired)
+
+    def _handshake_timer_fired(self) -> None:
+        self._timer = None
+        hs = self._hs
+        if hs is None or self.outcome is not None:
+            return
+        now = self._loop.time()
+        if hs.deadline is not None and now < hs.deadline:  # pragma: no cover - early by clock resolution
+            self._arm_handshake_timer()
+        elif self._waiting:
+            assert self.recvers is not None
+            missing = [c for c in self.recvers if not self._router.is_online(c)]
+            limit = self._config.limits.handshake_timeout
+            self._refuse(Outcome.WAIT_TIMEOUT, f"recvers not online after {limit:g} s: {', '.join(missing)}")
+        else:
+            event = hs.handle_timeout(now)
+            assert event is not None
+            self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc)
+
+    def _arm_idle_timer(self) -> None:
+        self._timer = self._loop.call_at(self.last_active + self.idle_timeout, self._idle_timer_fired)
+
+    def _idle_timer_fired(self) -> None:
+        # Activity only stamps last_active; the timer re-arms for the time left.
+        self._timer = None
+        if self.outcome is not None:
+            return
+        if self._loop.time() - self.last_active >= self.idle_timeout:
+            self.outcome = Outcome.IDLE_TIMEOUT
+            self.desc = f"no data in either direction for {self.idle_timeout:g} s"
+            self._close()
+        else:
+            self._arm_idle_timer()
+
+    def _too_slow(self) -> None:
+        self._slow_timer = None
+        if self.outcome is None:
+            self.outcome = Outcome.SLOW_RECEIVER
+            self.desc = f"did not read for {self._config.slow_receiver_timeout:g} s while data was queued"
+            self._close(abort=True)
+
+    # -- closing ---------------------------------------------------------------
+
+    def close(self, outcome: Outcome, desc: str | None = None, abort: bool = False) -> None:
+        """Close the session for a server-side reason (shutdown, admin)."""
+        if self.outcome is None:
+            self.outcome = outcome
+            self.desc = desc
+        self._close(abort)
+
+    def _close(self, abort: bool = False) -> None:
+        # Leave the router now, not in connection_lost: a closing session must
+        # not be delivered to, or its chid stay taken while its buffer drains.
+        self._leave_router()
+        transport = self._transport
+        if transport is None:
+            return
+        if abort:
+            self.dropped += transport.get_write_buffer_size()
+            transport.abort()
+        else:
+            transport.close()
+
+    def _leave_router(self) -> None:
+        if self._registered:
+            self._registered = False
+            self._router.release(self)
+        if self._waiting:
+            self._waiting = False
+            self._router.unwatch(self._on_peer_online)
+
+    def _release_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for sender in waiters:
+            sender.unthrottle(self)
+
+    def _teardown(self) -> None:
+        self._leave_router()
+        self.established = False
+        for handle in (self._timer, self._slow_timer):
+            if handle is not None:
+                handle.cancel()
+        self._timer = self._slow_timer = None
+        self._pending.clear()
+        self._release_waiters()
+        for receiver in self._blockers:
+            receiver.discard_waiter(self)
+        self._blockers.clear()
+
+
+def _recvers_text(recvers: tuple[str, ...] | None) -> str:
+    return "*" if recvers is None else ",".join(recvers)
