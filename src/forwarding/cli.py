@@ -100,6 +100,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         metavar="SECONDS",
         help=f"on SIGTERM, how long to let queued bytes drain (default {d.shutdown_grace:g})",
     )
+    p.add_argument(
+        "--loop",
+        default="auto",
+        choices=["auto", "uvloop", "asyncio"],
+        help="event loop: uvloop when installed (auto), or force one",
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=logs.FORMATS)
 
@@ -142,6 +148,6 @@ def main(argv: Sequence[str] | None = None) -> None:
         logs.configure(args.log_level, args.log_format)
         from .server.relay import run
 
-        run(config)
+        run(config, args.loop)
     else:  # pragma: no cover - argparse rejects unknown commands
         sys.exit(2)

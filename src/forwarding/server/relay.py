@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from ..config import Mode, ServerConfig
 from ..routing.local import LocalRouter
@@ -101,18 +103,23 @@ def _address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def new_event_loop() -> asyncio.AbstractEventLoop:
+def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     """uvloop's loop where it is installed (a default dependency on Linux), else asyncio's."""
+    if name == "asyncio":
+        return asyncio.new_event_loop
     try:
         import uvloop
     except ImportError:
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+        if name == "uvloop":
+            raise
+        return asyncio.new_event_loop
+    return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
 
 
 async def serve_until_signalled(config: ServerConfig) -> None:
     relay = Relay(config)
     await relay.start()
+    log.debug("event loop", extra={"fields": {"loop": type(asyncio.get_running_loop()).__module__}})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -123,6 +130,6 @@ async def serve_until_signalled(config: ServerConfig) -> None:
     log.info("stopped", extra={"fields": {"connections": relay.stats.connections}})
 
 
-def run(config: ServerConfig) -> None:
-    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+def run(config: ServerConfig, loop: str = "auto") -> None:
+    with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         runner.run(serve_until_signalled(config))

@@ -178,6 +178,7 @@ class Session(asyncio.Protocol):
         if event.chid is None:
             chid = generate_chid()
         elif self._router.is_online(event.chid):
+            self.chid = event.chid  # for the log line; never registered
             self._refuse(Outcome.CHID_IN_USE, f"chid {event.chid!r} is online; pick another or omit it")
             return
         else:
