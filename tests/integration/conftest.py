@@ -35,7 +35,8 @@ class ServerProcess:
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        ready = self.wait_for_log(r"listening address=\"(.*):(\d+)\"")
+        # Matches the text and the JSON log format alike.
+        ready = self.wait_for_log(r'listening.*address"?[=:] ?"(.+):(\d+)"')
         self.host = ready.group(1).strip("[]")
         self.port = int(ready.group(2))
         self.address = (self.host, self.port)
@@ -64,6 +65,17 @@ class ServerProcess:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise AssertionError(f"no log line matching {pattern!r} in {timeout} s:\n" + "\n".join(self.lines))
+                self._cond.wait(left)
+
+    def wait_for_count(self, pattern: str, count: int, timeout: float = TIMEOUT) -> None:
+        """Wait until ``count`` log lines match ``pattern``."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while sum(1 for line in self.lines if rx.search(line)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or "<eof>" in self.lines[-1:]:
+                    raise AssertionError(f"fewer than {count} lines matching {pattern!r}:\n" + "\n".join(self.lines))
                 self._cond.wait(left)
 
     def closed_line(self, chid: str) -> str:

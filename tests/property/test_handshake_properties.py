@@ -2,7 +2,7 @@
 
 import json
 
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from forwarding.protocol.handshake import NEED_DATA, PAUSED, Failed, HandshakeLimits, Hs1Received, ServerHandshake

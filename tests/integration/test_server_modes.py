@@ -1,0 +1,94 @@
+"""Server-wide behaviour: broadcast mode, shutdown, log formats, IPv6, both event loops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+
+import pytest
+
+from .conftest import TIMEOUT, Client, ServerProcess, handshake
+from .test_forwarding import pump
+
+
+def test_broadcast_mode_needs_no_handshake(start_server):
+    server = start_server("--mode", "broadcast")
+    a, b, c = (Client(server.address) for _ in range(3))
+    server.wait_for_count("session open", 3)
+    a.sock.sendall(b"from a")
+    assert b.recv_exactly(6) == b"from a"
+    assert c.recv_exactly(6) == b"from a"
+    b.sock.sendall(b"from b")
+    assert a.recv_exactly(6) == b"from b"  # a's own bytes never came back to it
+    assert c.recv_exactly(6) == b"from b"
+
+
+def test_broadcast_mode_forwards_handshake_json_as_plain_data(start_server):
+    server = start_server("--mode", "broadcast")
+    a, b = Client(server.address), Client(server.address)
+    server.wait_for_count("session open", 2)
+    a.sock.sendall(b'{"req":"hs1"}\n')
+    assert b.recv_exactly(14) == b'{"req":"hs1"}\n'
+
+
+def test_sigterm_closes_sessions_and_exits_zero():
+    server = ServerProcess()
+    a, _ = handshake(server, "a", ["b"])
+    b, _ = handshake(server, "b", ["a"])
+    a.sock.sendall(b"last words")
+    assert b.recv_exactly(10) == b"last words"
+    server.proc.send_signal(signal.SIGTERM)
+    a.assert_closed()
+    b.assert_closed()
+    assert server.proc.wait(TIMEOUT) == 0
+    log = "\n".join(server.lines)
+    assert 'reason="shutdown"' in log and "stopped" in log
+
+
+def test_sigint_exits_zero_too():
+    server = ServerProcess()
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(TIMEOUT) == 0
+
+
+def test_json_logs_carry_the_session_fields(start_server):
+    server = start_server("--log-format", "json")
+    a, _ = handshake(server, "j", [])
+    a.close()
+    m = server.wait_for_log(r'^\{.*"msg": "session closed".*\}$')
+    record = json.loads(m.group(0))
+    assert record["chid"] == "j" and record["reason"] == "client_closed"
+    assert set(record) >= {"ts", "level", "peer", "in", "out", "dropped", "duration"}
+
+
+@pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6")
+def test_ipv6_listener(start_server):
+    try:
+        socket.create_server(("::1", 0), family=socket.AF_INET6).close()
+    except OSError:
+        pytest.skip("::1 not available")
+    server = start_server("--host", "::1")
+    assert server.host == "::1"
+    a, _ = handshake(server, "v6a", ["v6b"])
+    b, _ = handshake(server, "v6b", ["v6a"])
+    a.sock.sendall(b"over ipv6")
+    assert b.recv_exactly(9) == b"over ipv6"
+    assert 'peer="[::1]:' in server.wait_for_log(r'session open chid="v6a".*').group(0)
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_both_event_loops_forward_and_apply_backpressure(start_server, loop):
+    server = start_server("--loop", loop)
+    a, _ = handshake(server, "a", ["b"])
+    b, _ = handshake(server, "b", ["a"], wait=True)
+    data = os.urandom(32 << 20)
+    t = pump(a.sock, data)
+    # b reads in small pieces, so the relay must pause a over and over.
+    got = bytearray()
+    while len(got) < len(data):
+        got += b.sock.recv(16 * 1024)
+    t.join(TIMEOUT)
+    assert got == data
+    assert server.rss_kib() < 80 * 1024
