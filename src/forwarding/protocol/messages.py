@@ -72,7 +72,7 @@ def parse_request(line: bytes) -> Request:
     if req is None:
         raise HandshakeError('handshake message has no "req" field')
     if isinstance(req, str):
-        raise HandshakeError(f'unknown req {_quote(req)}, expected "hs1" or "hs3"')
+        raise HandshakeError(f'unknown req {quote(req)}, expected "hs1" or "hs3"')
     raise HandshakeError('"req" must be a string')
 
 
@@ -117,7 +117,7 @@ def _parse_hs3(obj: dict[str, Any]) -> Hs3:
     return Hs3(recvers=names, timeout=timeout, wait=wait)
 
 
-def _quote(text: str, limit: int = 32) -> str:
+def quote(text: str, limit: int = 32) -> str:
     """Quote peer-supplied text for a desc or log line, cut short and escaped."""
     short = text if len(text) <= limit else text[:limit] + "..."
     return json.dumps(short)

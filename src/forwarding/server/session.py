@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
+from ..protocol.messages import quote
 from ..routing.base import Router, Sink
 from .outcome import Outcome
 
@@ -179,7 +180,7 @@ class Session(asyncio.Protocol):
             chid = generate_chid()
         elif self._router.is_online(event.chid):
             self.chid = event.chid  # for the log line; never registered
-            self._refuse(Outcome.CHID_IN_USE, f"chid {event.chid!r} is online; pick another or omit it")
+            self._refuse(Outcome.CHID_IN_USE, f"chid {quote(event.chid)} is online; pick another or omit it")
             return
         else:
             chid = event.chid
@@ -190,7 +191,7 @@ class Session(asyncio.Protocol):
         self.recvers = event.recvers
         self.idle_timeout = event.timeout
         if not self._router.claim(self):
-            self._refuse(Outcome.CHID_IN_USE, f"chid {self.chid!r} came online during the handshake")
+            self._refuse(Outcome.CHID_IN_USE, f"chid {quote(self.chid)} came online during the handshake")
             return
         self._registered = True
         if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
