@@ -20,8 +20,8 @@ serve: $(BIN)/forwarding
 	$(BIN)/forwarding serve --port $(PORT)
 
 lint: $(VENV)/.test-deps
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src
 
 test: lint
