@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tomllib
 from collections.abc import Sequence
 
 from . import __version__, logs
 from .config import Mode, ServerConfig
 from .protocol.handshake import HandshakeLimits
+from .protocol.sealing import new_secret
+from .server.admission import AdmissionLimits
 
 
 def _positive(text: str) -> float:
@@ -32,10 +36,11 @@ def _size(text: str) -> int:
     return value
 
 
-def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     d = ServerConfig()
     lim = HandshakeLimits()
     p = sub.add_parser("serve", help="run the relay", description="Run the relay server.")
+    p.add_argument("--config", metavar="FILE", help="TOML file of settings named like these flags")
     p.add_argument("--host", action="append", help="address to listen on; repeat for several (default 0.0.0.0)")
     p.add_argument("--port", type=int, default=d.port, help=f"TCP port, 0 for any free one (default {d.port})")
     p.add_argument(
@@ -101,6 +106,43 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         help=f"on SIGTERM, how long to let queued bytes drain (default {d.shutdown_grace:g})",
     )
     p.add_argument(
+        "--secret",
+        default=os.environ.get("FORWARDING_SECRET"),
+        help="seal every handshake line with this secret (or set FORWARDING_SECRET, or use --config)",
+    )
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
+    p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
+    p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
+    a = d.admission
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        default=a.max_connections,
+        metavar="N",
+        help=f"open connections in all (default {a.max_connections})",
+    )
+    p.add_argument(
+        "--max-connections-per-ip",
+        type=int,
+        default=a.max_connections_per_ip,
+        metavar="N",
+        help=f"open connections per source address, per /64 for IPv6 (default {a.max_connections_per_ip})",
+    )
+    p.add_argument(
+        "--handshake-rate",
+        type=_positive,
+        default=a.handshake_rate,
+        metavar="PER_SECOND",
+        help=f"new connections per second per source address (default {a.handshake_rate:g})",
+    )
+    p.add_argument(
+        "--handshake-burst",
+        type=int,
+        default=a.handshake_burst,
+        metavar="N",
+        help=f"new connections a source may open at once (default {a.handshake_burst})",
+    )
+    p.add_argument(
         "--loop",
         default="auto",
         choices=["auto", "uvloop", "asyncio"],
@@ -108,6 +150,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     p.add_argument("--log-format", default="text", choices=logs.FORMATS)
+    return p
 
 
 def _serve_config(args: argparse.Namespace) -> ServerConfig:
@@ -119,8 +162,23 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         default_idle_timeout=min(args.idle_timeout, args.max_idle_timeout),
         max_idle_timeout=args.max_idle_timeout,
     )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("forwarding serve: --tls-cert and --tls-key go together")
+    if args.tls_client_ca and not args.tls_cert:
+        raise SystemExit("forwarding serve: --tls-client-ca needs --tls-cert and --tls-key")
+    admission = AdmissionLimits(
+        max_connections=args.max_connections,
+        max_connections_per_ip=args.max_connections_per_ip,
+        handshake_rate=args.handshake_rate,
+        handshake_burst=args.handshake_burst,
+    )
     return ServerConfig(
         hosts=tuple(args.host or ServerConfig().hosts),
+        admission=admission,
+        secret=args.secret or None,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
         port=args.port,
         mode=Mode(args.mode),
         limits=limits,
@@ -131,19 +189,49 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
     )
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(
         prog="forwarding", description="A TCP relay: clients join by chid and talk through it."
     )
     parser.add_argument("--version", action="version", version=f"forwarding {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    _add_serve(sub)
-    return parser
+    serve = _add_serve(sub)
+    sub.add_parser("keygen", help="print a new random secret (256 bits)")
+    return parser, serve
+
+
+def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
+    """``serve --config FILE``: TOML keys named like the flags become their defaults.
+
+    Flags on the command line still win. The file keeps the secret out of ``ps``.
+    """
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if not known.config:
+        return
+    try:
+        with open(known.config, "rb") as f:
+            table = tomllib.load(f)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise SystemExit(f"forwarding: cannot read config {known.config}: {exc}") from None
+    dests = {a.dest for a in serve._actions}
+    defaults = {}
+    for key, value in table.items():
+        dest = key.replace("-", "_")
+        if dest not in dests or dest in ("help", "config"):
+            raise SystemExit(f"forwarding: unknown setting {key!r} in {known.config}")
+        defaults[dest] = [value] if dest == "host" and isinstance(value, str) else value
+    serve.set_defaults(**defaults)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    args = _parser().parse_args(argv)
-    if args.command == "serve":
+    parser, serve = _parser()
+    _apply_config_file(serve, argv)
+    args = parser.parse_args(argv)
+    if args.command == "keygen":
+        print(new_secret())
+    elif args.command == "serve":
         config = _serve_config(args)
         logs.configure(args.log_level, args.log_format)
         from .server.relay import run

@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass, field
 
 from .protocol.handshake import HandshakeLimits
+from .server.admission import AdmissionLimits
 
 
 class Mode(enum.Enum):
@@ -44,3 +45,12 @@ class ServerConfig:
     """Seconds a client may stay above ``write_buffer_high`` before it is disconnected."""
     shutdown_grace: float = 5.0
     """Seconds SIGTERM waits for queued bytes to drain before cutting connections."""
+    admission: AdmissionLimits = field(default_factory=AdmissionLimits)
+    """Connection caps and the per-address handshake rate."""
+    secret: str | None = None
+    """Server secret: every handshake line is sealed with a key derived from it."""
+    tls_cert: str | None = None
+    """PEM certificate chain; with ``tls_key``, the listener speaks TLS 1.2 or newer."""
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    """PEM CA bundle; clients must present a certificate it signed."""

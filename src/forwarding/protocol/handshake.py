@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from typing import Any
 
 from .linebuffer import LineBuffer, LineTooLong
 from .messages import HandshakeError, Hs1, Hs3, Request, encode, hs2, hs4_fail, hs4_ok, parse_request
+from .sealing import Sealer, SealError, new_challenge
 
 
 class State(enum.Enum):
@@ -90,10 +92,21 @@ Event = Hs1Received | Hs3Received | Failed
 
 
 class ServerHandshake:
-    """One connection's handshake, from the first byte to hs4."""
+    """One connection's handshake, from the first byte to hs4.
 
-    def __init__(self, limits: HandshakeLimits, now: float) -> None:
+    With a ``sealer`` (the server has a secret), every line in both directions
+    is sealed, hs2 carries a fresh ``challenge`` that hs3 must echo, and replies
+    are plain JSON only until the first client line has been opened: a client
+    without the key still gets a FAIL it can read (docs/protocol.md, section 10).
+    """
+
+    def __init__(
+        self, limits: HandshakeLimits, now: float, sealer: Sealer | None = None, challenge: str | None = None
+    ) -> None:
         self.limits = limits
+        self._sealer = sealer
+        self._opened = False
+        self.challenge = (challenge or new_challenge()) if sealer is not None else None
         self.state = State.AWAIT_HS1
         self.chid: str | None = None
         self.idle_timeout = limits.default_idle_timeout
@@ -117,12 +130,20 @@ class ServerHandshake:
                 line = self._lines.next_line()  # blank lines carry nothing; skip them
             if line is None:
                 return NEED_DATA
-            request = parse_request(line.rstrip(b"\r"))
+            line = line.rstrip(b"\r")
+            if self._sealer is not None:
+                line = self._sealer.open(line, _EXPECTED[self.state])
+                self._opened = True
+            request = parse_request(line)
             next_state = TRANSITIONS[self.state].get(type(request))
             if next_state is None:
                 raise HandshakeError(f"expected {_EXPECTED[self.state]}, got {_step(request)}")
-        except (HandshakeError, LineTooLong) as exc:
-            return self.fail(getattr(exc, "desc", str(exc)))
+            if isinstance(request, Hs3) and self.challenge is not None and request.challenge != self.challenge:
+                raise HandshakeError("hs3 challenge does not match the one in hs2 (replayed handshake?)")
+        except (HandshakeError, SealError) as exc:
+            return self.fail(exc.desc)
+        except LineTooLong as exc:
+            return self.fail(str(exc))
         self.state = next_state
         if isinstance(request, Hs1):
             return Hs1Received(request.chid)
@@ -141,7 +162,7 @@ class ServerHandshake:
         self._expect(State.CHOOSING_CHID)
         self.chid = chid
         self.state = State.AWAIT_HS3
-        self._out.append(encode(hs2(chid)))
+        self._reply("hs2", hs2(chid, self.challenge))
 
     def establish(self, online: list[str] | None) -> bytes:
         """Queue hs4 OK and return the bytes that followed hs3: they are data."""
@@ -149,13 +170,13 @@ class ServerHandshake:
         assert self.chid is not None
         self.state = State.ESTABLISHED
         self.deadline = None
-        self._out.append(encode(hs4_ok(self.chid, self.idle_timeout, online)))
+        self._reply("hs4", hs4_ok(self.chid, self.idle_timeout, online))
         return self._lines.take_rest()
 
     def fail(self, desc: str) -> Failed:
         self.state = State.FAILED
         self.deadline = None
-        self._out.append(encode(hs4_fail(desc)))
+        self._reply("hs4", hs4_fail(desc))
         self._lines.take_rest()  # nothing more will be read; free the buffer
         return Failed(desc)
 
@@ -165,6 +186,12 @@ class ServerHandshake:
         out = b"".join(self._out)
         self._out.clear()
         return out
+
+    def _reply(self, step: str, message: dict[str, Any]) -> None:
+        line = encode(message)
+        if self._sealer is not None and self._opened:
+            line = self._sealer.seal(line[:-1], step)
+        self._out.append(line)
 
     def _expect(self, state: State) -> None:
         if self.state is not state:

@@ -44,6 +44,8 @@ class Hs3:
     """Idle timeout asked for, in seconds; ``None`` means the server's default."""
     wait: bool
     """Hold hs4 until every named receiver is online."""
+    challenge: str | None = None
+    """The challenge from hs2, echoed back (encrypted handshake only)."""
 
 
 Request = Hs1 | Hs3
@@ -114,7 +116,10 @@ def _parse_hs3(obj: dict[str, Any]) -> Hs3:
     wait = obj.get("wait", False)
     if not isinstance(wait, bool):
         raise HandshakeError('"wait" must be true or false')
-    return Hs3(recvers=names, timeout=timeout, wait=wait)
+    challenge = obj.get("challenge")
+    if challenge is not None and not isinstance(challenge, str):
+        raise HandshakeError('"challenge" must be a string')
+    return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge)
 
 
 def quote(text: str, limit: int = 32) -> str:
@@ -128,8 +133,11 @@ def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
 
 
-def hs2(chid: str) -> dict[str, Any]:
-    return {"rsp": "hs2", "chid": chid}
+def hs2(chid: str, challenge: str | None = None) -> dict[str, Any]:
+    reply: dict[str, Any] = {"rsp": "hs2", "chid": chid}
+    if challenge is not None:
+        reply["challenge"] = challenge
+    return reply
 
 
 def hs4_ok(chid: str, timeout: float, online: list[str] | None) -> dict[str, Any]:

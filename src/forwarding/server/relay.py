@@ -5,12 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
 from ..config import Mode, ServerConfig
+from ..protocol.sealing import Sealer
 from ..routing.local import LocalRouter
+from .admission import Admission
 from .outcome import Outcome
 from .session import Session
 
@@ -22,6 +25,7 @@ class Stats:
     """Running totals; sessions add theirs when they close."""
 
     connections: int = 0
+    refused: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     bytes_dropped: int = 0
@@ -37,23 +41,36 @@ class Relay:
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
         self.stats = Stats()
+        self.admission = Admission(config.admission)
+        # scrypt is deliberately slow: derive the key once, not per connection.
+        self.sealer = Sealer.from_secret(config.secret) if config.secret else None
         self._servers: list[asyncio.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen on every configured host; return the bound ``(host, port)`` pairs."""
+        ssl_context = tls_context(self.config)
         server = await self.loop.create_server(
             lambda: Session(self),
             host=list(self.config.hosts),
             port=self.config.port,
             reuse_address=True,
             backlog=4096,
+            ssl=ssl_context,
+            ssl_handshake_timeout=self.config.limits.handshake_timeout if ssl_context else None,
         )
+        self.loop.set_exception_handler(_log_loop_error)
         self._servers.append(server)
         bound = [sock.getsockname()[:2] for sock in server.sockets]
         for host, port in bound:
-            log.info("listening", extra={"fields": {"address": _address(host, port), "mode": self.config.mode.value}})
+            fields = {
+                "address": _address(host, port),
+                "mode": self.config.mode.value,
+                "tls": ssl_context is not None,
+                "sealed": self.sealer is not None,
+            }
+            log.info("listening", extra={"fields": fields})
         return bound
 
     async def stop(self) -> None:
@@ -82,6 +99,8 @@ class Relay:
         stats.bytes_in += session.bytes_in
         stats.bytes_out += session.bytes_out
         stats.bytes_dropped += session.dropped
+        if session.outcome is Outcome.REFUSED:
+            stats.refused += 1
         assert session.outcome is not None
         fields: dict[str, object] = {
             "chid": session.chid,
@@ -97,6 +116,33 @@ class Relay:
         log.info("session closed", extra={"fields": fields})
         if not self.sessions:
             self._idle.set()
+
+
+def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
+    """TLS 1.2 or newer with the configured certificate; client certificates if a CA is given."""
+    if not config.tls_cert:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(config.tls_cert, config.tls_key)
+    if config.tls_client_ca:
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        ctx.load_verify_locations(config.tls_client_ca)
+    return ctx
+
+
+def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
+    """One line for a peer's TLS or connection failure; the full report for anything else (a bug)."""
+    exc = context.get("exception")
+    if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
+        transport = context.get("transport")
+        peer = None
+        if transport is not None and hasattr(transport, "get_extra_info"):
+            peer = transport.get_extra_info("peername")
+        fields = {"reason": "tls_failed", "peer": _address(*peer[:2]) if peer else "?", "desc": str(exc)}
+        log.warning("connection failed", extra={"fields": fields})
+        return
+    loop.default_exception_handler(context)
 
 
 def _address(host: str, port: int) -> str:

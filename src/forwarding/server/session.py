@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
-from ..protocol.messages import quote
+from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
 from .outcome import Outcome
 
@@ -50,6 +50,8 @@ class Session(asyncio.Protocol):
         self.last_active = self.opened_at
         self.established = False
         self._transport: asyncio.Transport | None = None
+        self._ip = "?"
+        self._admitted = False
         self._hs: ServerHandshake | None = None
         self._registered = False
         self._waiting = False
@@ -77,7 +79,17 @@ class Session(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        self._ip = peer[0] if peer else "?"
+        refusal = self._relay.admission.admit(self._ip, self.opened_at)
+        self._admitted = refusal is None
         self._relay.session_opened(self)
+        if refusal is not None:
+            self.outcome = Outcome.REFUSED
+            self.desc = refusal
+            if not self._relay.broadcast_mode:
+                transport.write(encode(hs4_fail(refusal)))
+            transport.close()
+            return
         if self._relay.broadcast_mode:
             self.chid = generate_chid()
             while not self._router.claim(self):  # pragma: no cover - 128 random bits
@@ -85,7 +97,7 @@ class Session(asyncio.Protocol):
             self._registered = True
             self._establish(hs4=b"")
         else:
-            self._hs = ServerHandshake(self._config.limits, self.opened_at)
+            self._hs = ServerHandshake(self._config.limits, self.opened_at, self._relay.sealer)
             self._arm_handshake_timer()
 
     def data_received(self, data: bytes) -> None:
@@ -128,6 +140,8 @@ class Session(asyncio.Protocol):
             else:
                 self.outcome = Outcome.CLIENT_CLOSED if self.established else Outcome.HANDSHAKE_ABANDONED
         self._teardown()
+        if self._admitted:
+            self._relay.admission.release(self._ip)
         self._relay.session_closed(self)
 
     # -- Sink, for the router ------------------------------------------------

@@ -1,0 +1,96 @@
+"""Who may connect: connection caps and a per-address handshake rate.
+
+Pure bookkeeping with time passed in, so the rules are unit-tested without
+sockets. The session asks :meth:`Admission.admit` on connect and calls
+:meth:`Admission.release` on close.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionLimits:
+    max_connections: int = 100_000
+    """Open connections in all, handshaking or established."""
+    max_connections_per_ip: int = 1_000
+    """Open connections from one source address."""
+    handshake_rate: float = 100.0
+    """New connections per second allowed from one source address, on average."""
+    handshake_burst: int = 1_000
+    """New connections one source address may open at once before the rate applies."""
+
+
+class _Bucket:
+    __slots__ = ("open", "stamp", "tokens")
+
+    def __init__(self, tokens: float, stamp: float) -> None:
+        self.tokens = tokens
+        self.stamp = stamp
+        self.open = 0
+
+
+PRUNE_AT = 10_000
+"""Tracked addresses above which idle, refilled entries are forgotten: bounds memory under a flood."""
+
+
+class Admission:
+    def __init__(self, limits: AdmissionLimits) -> None:
+        self.limits = limits
+        self.open = 0
+        self._by_ip: dict[str, _Bucket] = {}
+
+    def admit(self, ip: str, now: float) -> str | None:
+        """Count a new connection from ``ip``; return why it is refused, or ``None`` to admit it.
+
+        IPv6 addresses count per /64, the block one host or site usually holds.
+        """
+        lim = self.limits
+        ip = source_key(ip)
+        if self.open >= lim.max_connections:
+            return f"server is at its limit of {lim.max_connections} connections"
+        bucket = self._by_ip.get(ip)
+        if bucket is None:
+            if len(self._by_ip) >= PRUNE_AT:
+                self._prune(now)
+            bucket = self._by_ip[ip] = _Bucket(float(lim.handshake_burst), now)
+        else:
+            bucket.tokens = min(float(lim.handshake_burst), bucket.tokens + (now - bucket.stamp) * lim.handshake_rate)
+            bucket.stamp = now
+        if bucket.open >= lim.max_connections_per_ip:
+            return f"too many connections from {ip} (limit {lim.max_connections_per_ip})"
+        if bucket.tokens < 1.0:
+            return f"too many new connections from {ip} (limit {lim.handshake_rate:g} per second)"
+        bucket.tokens -= 1.0
+        bucket.open += 1
+        self.open += 1
+        return None
+
+    def release(self, ip: str) -> None:
+        """An admitted connection from ``ip`` closed."""
+        self.open -= 1
+        bucket = self._by_ip.get(source_key(ip))
+        if bucket is not None:
+            bucket.open -= 1
+
+    def tracked(self) -> int:
+        return len(self._by_ip)
+
+    def _prune(self, now: float) -> None:
+        lim = self.limits
+        full = float(lim.handshake_burst)
+        for ip, b in list(self._by_ip.items()):
+            if b.open == 0 and b.tokens + (now - b.stamp) * lim.handshake_rate >= full:
+                del self._by_ip[ip]
+
+
+def source_key(ip: str) -> str:
+    """The unit limits count by: the address for IPv4, its /64 for IPv6."""
+    if ":" not in ip:
+        return ip
+    try:
+        return str(ipaddress.IPv6Network(f"{ip.split('%')[0]}/64", strict=False))
+    except ValueError:
+        return ip
