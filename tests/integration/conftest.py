@@ -26,11 +26,12 @@ class ServerProcess:
     blocks, and the test would measure the pipe, not the relay.
     """
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         cmd = [sys.executable, "-m", "forwarding", "serve", "--port", "0", *args]
         if "--host" not in args:
             cmd += ["--host", "127.0.0.1"]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        full_env = {**os.environ, **(env or {})}
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env)
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -101,8 +102,8 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with the given flags; on teardown each must exit 0 without a traceback."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str) -> ServerProcess:
-        server = ServerProcess(*args)
+    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
+        server = ServerProcess(*args, env=env)
         servers.append(server)
         return server
 
@@ -122,21 +123,27 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 class Client:
     """A blocking client that reads handshake replies line by line and keeps what follows."""
 
-    def __init__(self, address: tuple[str, int], timeout: float = TIMEOUT) -> None:
-        self.sock = socket.create_connection(address, timeout=timeout)
+    def __init__(self, address: tuple[str, int], timeout: float = TIMEOUT, sock: socket.socket | None = None) -> None:
+        self.sock = sock or socket.create_connection(address, timeout=timeout)
         self.rest = b""
 
-    def send_json(self, obj: object, extra: bytes = b"") -> None:
-        self.sock.sendall(json.dumps(obj).encode() + b"\n" + extra)
+    def send_line(self, line: bytes) -> None:
+        self.sock.sendall(line if line.endswith(b"\n") else line + b"\n")
 
-    def read_line(self) -> dict[str, object]:
+    def read_raw_line(self) -> bytes:
         while b"\n" not in self.rest:
             chunk = self.sock.recv(65536)
             if not chunk:
                 raise EOFError(f"connection closed; got {self.rest!r}")
             self.rest += chunk
         line, self.rest = self.rest.split(b"\n", 1)
-        reply = json.loads(line)
+        return line
+
+    def send_json(self, obj: object, extra: bytes = b"") -> None:
+        self.sock.sendall(json.dumps(obj).encode() + b"\n" + extra)
+
+    def read_line(self) -> dict[str, object]:
+        reply = json.loads(self.read_raw_line())
         assert isinstance(reply, dict)
         return reply
 

@@ -97,7 +97,7 @@ class ServerHandshake:
     With a ``sealer`` (the server has a secret), every line in both directions
     is sealed, hs2 carries a fresh ``challenge`` that hs3 must echo, and replies
     are plain JSON only until the first client line has been opened: a client
-    without the key still gets a FAIL it can read (docs/protocol.md, section 10).
+    without the key still gets a FAIL it can read (docs/protocol.md, section 9).
     """
 
     def __init__(

@@ -16,6 +16,7 @@ from ..routing.local import LocalRouter
 from .admission import Admission
 from .outcome import Outcome
 from .session import Session
+from .tls import TlsProtocol
 
 log = logging.getLogger("forwarding.relay")
 
@@ -44,23 +45,29 @@ class Relay:
         self.admission = Admission(config.admission)
         # scrypt is deliberately slow: derive the key once, not per connection.
         self.sealer = Sealer.from_secret(config.secret) if config.secret else None
+        # TLS runs inside each session (server/tls.py), after admission: refused
+        # peers cost no crypto, and a failed TLS handshake gets a close log line.
+        self.ssl_context = tls_context(config)
         self._servers: list[asyncio.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen on every configured host; return the bound ``(host, port)`` pairs."""
-        ssl_context = tls_context(self.config)
+        ssl_context = self.ssl_context
+
+        def protocol() -> asyncio.Protocol:
+            if ssl_context is None:
+                return Session(self)
+            return TlsProtocol(Session(self), ssl_context)
+
         server = await self.loop.create_server(
-            lambda: Session(self),
+            protocol,
             host=list(self.config.hosts),
             port=self.config.port,
             reuse_address=True,
             backlog=4096,
-            ssl=ssl_context,
-            ssl_handshake_timeout=self.config.limits.handshake_timeout if ssl_context else None,
         )
-        self.loop.set_exception_handler(_log_loop_error)
         self._servers.append(server)
         bound = [sock.getsockname()[:2] for sock in server.sockets]
         for host, port in bound:
@@ -129,20 +136,6 @@ def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
         ctx.verify_mode = ssl.CERT_REQUIRED
         ctx.load_verify_locations(config.tls_client_ca)
     return ctx
-
-
-def _log_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, object]) -> None:
-    """One line for a peer's TLS or connection failure; the full report for anything else (a bug)."""
-    exc = context.get("exception")
-    if isinstance(exc, ssl.SSLError | ConnectionError | TimeoutError):
-        transport = context.get("transport")
-        peer = None
-        if transport is not None and hasattr(transport, "get_extra_info"):
-            peer = transport.get_extra_info("peername")
-        fields = {"reason": "tls_failed", "peer": _address(*peer[:2]) if peer else "?", "desc": str(exc)}
-        log.warning("connection failed", extra={"fields": fields})
-        return
-    loop.default_exception_handler(context)
 
 
 def _address(host: str, port: int) -> str:

@@ -52,6 +52,7 @@ class Session(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._ip = "?"
         self._admitted = False
+        self._tls_pending = relay.ssl_context is not None
         self._hs: ServerHandshake | None = None
         self._registered = False
         self._waiting = False
@@ -90,6 +91,28 @@ class Session(asyncio.Protocol):
                 transport.write(encode(hs4_fail(refusal)))
             transport.close()
             return
+        if self._tls_pending:
+            # TlsProtocol calls tls_established() when the TLS handshake is done.
+            self._timer = self._loop.call_at(self.opened_at + self._config.limits.handshake_timeout, self._tls_timeout)
+            return
+        self._begin()
+
+    def tls_established(self) -> None:
+        self._tls_pending = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.outcome is None:
+            self._begin()
+
+    def _tls_timeout(self) -> None:
+        self._timer = None
+        if self._tls_pending and self.outcome is None:
+            limit = self._config.limits.handshake_timeout
+            self.close(Outcome.TLS_FAILED, f"TLS handshake not completed within {limit:g} s", abort=True)
+
+    def _begin(self) -> None:
+        """Start the session proper: broadcast right away, or the handshake."""
         if self._relay.broadcast_mode:
             self.chid = generate_chid()
             while not self._router.claim(self):  # pragma: no cover - 128 random bits
@@ -133,6 +156,9 @@ class Session(asyncio.Protocol):
             self._release_waiters()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.outcome is None and self._tls_pending:
+            self.outcome = Outcome.TLS_FAILED
+            self.desc = str(exc) if exc else "closed during the TLS handshake"
         if self.outcome is None:
             if exc is not None:
                 self.outcome = Outcome.RESET

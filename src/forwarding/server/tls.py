@@ -1,0 +1,137 @@
+"""TLS for sessions, done with ``ssl.MemoryBIO`` between the socket and the Session.
+
+Why not ``create_server(ssl=...)``: a TLS handshake that fails there never
+reaches the protocol, so it could be neither logged nor counted, and admission
+limits would apply only after the expensive part. Why not ``loop.start_tls``:
+under uvloop it stalled a handshake now and then in our tests (bytes that arrive
+between ``connection_made`` and the switch). Here the Session sees a transport
+(:class:`TlsTransport`) that encrypts on write, and this protocol decrypts on
+read; plain-TCP sessions do not pay for any of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any, cast
+
+from .outcome import Outcome
+from .session import Session
+
+READ_SIZE = 256 * 1024
+
+
+class TlsProtocol(asyncio.Protocol):
+    """Sits between the socket's transport and a :class:`Session`."""
+
+    def __init__(self, session: Session, context: ssl.SSLContext) -> None:
+        self._session = session
+        self._in = ssl.MemoryBIO()
+        self._out = ssl.MemoryBIO()
+        self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
+        self._raw: asyncio.Transport | None = None
+        self._handshaken = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        raw = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+        self._raw = raw
+        self._session.connection_made(TlsTransport(self, raw, self._ssl))
+
+    def data_received(self, data: bytes) -> None:
+        self._in.write(data)
+        try:
+            if not self._handshaken:
+                self._ssl.do_handshake()
+                self._handshaken = True
+                self._flush()
+                self._session.tls_established()
+            plain = self._read_plain()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except ssl.SSLError as exc:
+            self._flush()  # the alert tells the client why
+            self._session.close(Outcome.TLS_FAILED if not self._handshaken else Outcome.RESET, str(exc))
+            return
+        self._flush()
+        if plain:
+            self._session.data_received(plain)
+
+    def _read_plain(self) -> bytes:
+        chunks = []
+        while True:
+            try:
+                chunk = self._ssl.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLZeroReturnError:  # close_notify: treat as EOF
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _flush(self) -> None:
+        out = self._out.read()
+        if out and self._raw is not None and not self._raw.is_closing():
+            self._raw.write(out)
+
+    def encrypt(self, data: bytes) -> None:
+        self._ssl.write(data)
+        self._flush()
+
+    def eof_received(self) -> bool | None:
+        return self._session.eof_received()
+
+    def pause_writing(self) -> None:
+        self._session.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._session.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._session.connection_lost(exc)
+
+
+class TlsTransport(asyncio.Transport):
+    """What the Session writes to: plaintext in, ciphertext to the socket."""
+
+    def __init__(self, protocol: TlsProtocol, raw: asyncio.Transport, ssl_object: ssl.SSLObject) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._raw = raw
+        self._ssl_object = ssl_object
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._protocol.encrypt(bytes(data))
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "ssl_object":
+            return self._ssl_object
+        return self._raw.get_extra_info(name, default)
+
+    def close(self) -> None:
+        try:
+            self._ssl_object.unwrap()  # queue close_notify
+        except ssl.SSLError:
+            pass
+        self._protocol._flush()
+        self._raw.close()
+
+    def abort(self) -> None:
+        self._raw.abort()
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def pause_reading(self) -> None:
+        self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._raw.resume_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size()
