@@ -11,9 +11,11 @@ import pytest
 from .conftest import Client, handshake
 
 
-def fail_reply(c: Client) -> str:
+def fail_reply(c: Client, code: str | None = None) -> str:
     reply = c.read_line()
     assert reply["rsp"] == "hs4" and reply["result"] == "FAIL", reply
+    if code is not None:
+        assert reply["code"] == code, reply
     c.assert_closed()
     return str(reply["desc"])
 
@@ -32,7 +34,7 @@ def test_a_chid_that_is_online_is_refused_and_the_owner_keeps_its_traffic(server
     peer, _ = handshake(server, "peer", ["dup"])
     thief = Client(server.address)
     thief.send_json({"req": "hs1", "chid": "dup"})
-    assert "is online" in fail_reply(thief)
+    assert "is online" in fail_reply(thief, "chid_in_use")
     peer.sock.sendall(b"still mine")
     assert owner.recv_exactly(10) == b"still mine"
     server.wait_for_log(r'session closed chid="dup" .*reason="chid_in_use"')
@@ -68,7 +70,7 @@ def test_bad_input_gets_fail_with_a_desc_then_close(server, wire, words):
     c.sock.sendall(wire)
     if wire.startswith(b'{"req":"hs1"}'):
         assert c.read_line()["rsp"] == "hs2"
-    assert words in fail_reply(c)
+    assert words in fail_reply(c, "bad_request")
     server.wait_for_log(r"session closed .*reason=\"handshake_failed\"")
     talker.sock.sendall(b"unaffected")
     assert bystander.recv_exactly(10) == b"unaffected"
@@ -79,7 +81,7 @@ def test_handshake_timeout_closes_with_a_fail(start_server):
     c = Client(server.address)
     c.send_json({"req": "hs1"})
     assert c.read_line()["rsp"] == "hs2"
-    assert "not completed within 0.5 s" in fail_reply(c)
+    assert "not completed within 0.5 s" in fail_reply(c, "handshake_timeout")
     server.wait_for_log(r"reason=\"handshake_timeout\"")
 
 
@@ -160,7 +162,7 @@ def test_wait_fails_when_recvers_stay_offline(start_server):
     c.send_json({"req": "hs1", "chid": "lonely"})
     c.read_line()
     c.send_json({"req": "hs3", "recvers": ["nobody"], "wait": True})
-    assert "recvers not online after 0.5 s: nobody" in fail_reply(c)
+    assert "recvers not online after 0.5 s: nobody" in fail_reply(c, "wait_timeout")
     assert "wait_timeout" in server.closed_line("lonely")
     # The chid was released with the failure.
     again, _ = handshake(server, "lonely", [])

@@ -85,7 +85,7 @@ def test_out_of_order_or_unknown_steps_fail(first, words):
     hs.receive_data(line(first))
     event = hs.next_event()
     assert isinstance(event, Failed) and words in event.desc
-    assert replies(hs) == [{"rsp": "hs4", "result": "FAIL", "desc": event.desc}]
+    assert replies(hs) == [{"rsp": "hs4", "result": "FAIL", "code": "bad_request", "desc": event.desc}]
     assert hs.state is State.FAILED
     assert hs.next_event() is PAUSED
 
@@ -112,6 +112,7 @@ def test_deadline_and_timeout():
     assert hs.handle_timeout(109.9) is None
     event = hs.handle_timeout(110.0)
     assert isinstance(event, Failed) and "not completed within 10 s" in event.desc
+    assert event.code == "handshake_timeout"
     assert replies(hs)[0]["result"] == "FAIL"
 
 
@@ -142,6 +143,6 @@ def test_session_can_refuse_a_chid():
     hs = ServerHandshake(LIMITS, now=0.0)
     hs.receive_data(line({"req": "hs1", "chid": "taken"}))
     hs.next_event()
-    failed = hs.fail("chid 'taken' is online")
-    assert failed == Failed("chid 'taken' is online")
-    assert replies(hs) == [{"rsp": "hs4", "result": "FAIL", "desc": "chid 'taken' is online"}]
+    failed = hs.fail("chid 'taken' is online", "chid_in_use")
+    assert failed == Failed("chid 'taken' is online", "chid_in_use")
+    assert replies(hs) == [{"rsp": "hs4", "result": "FAIL", "code": "chid_in_use", "desc": "chid 'taken' is online"}]

@@ -79,7 +79,7 @@ def test_unknown_req_is_quoted_and_cut_short():
 
 
 def test_replies_are_one_compact_line():
-    assert encode(hs4_fail("bad")) == b'{"rsp":"hs4","result":"FAIL","desc":"bad"}\n'
+    assert encode(hs4_fail("bad")) == b'{"rsp":"hs4","result":"FAIL","code":"bad_request","desc":"bad"}\n'
     assert (
         encode(hs4_ok("a", 3600.0, ["b"])) == b'{"rsp":"hs4","result":"OK","chid":"a","timeout":3600,"online":["b"]}\n'
     )

@@ -100,10 +100,11 @@ def test_wrong_challenge_fails_sealed_and_unopenable_line_fails_plain():
     hs.data_to_send()
     hs.receive_data(sealer.seal(b'{"req":"hs3","challenge":"' + b"bb" * 16 + b'"}', "hs3"))
     event = hs.next_event()
-    assert "challenge does not match" in event.desc
+    assert "challenge does not match" in event.desc and event.code == "challenge_mismatch"
     assert json.loads(sealer.open(hs.data_to_send().rstrip(b"\n"), "hs4"))["result"] == "FAIL"
 
     fresh = ServerHandshake(HandshakeLimits(), now=0.0, sealer=sealer)
     fresh.receive_data(b'{"req":"hs1"}\n')
-    assert "not sealed" in fresh.next_event().desc
+    failed = fresh.next_event()
+    assert "not sealed" in failed.desc and failed.code == "bad_seal"
     assert json.loads(fresh.data_to_send())["result"] == "FAIL"  # plain: the client has no key

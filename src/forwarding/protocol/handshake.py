@@ -76,6 +76,7 @@ class Failed:
     """The handshake failed; a FAIL reply is queued and the connection must close."""
 
     desc: str
+    code: str = "bad_request"
 
 
 class _Sentinel(enum.Enum):
@@ -139,9 +140,11 @@ class ServerHandshake:
             if next_state is None:
                 raise HandshakeError(f"expected {_EXPECTED[self.state]}, got {_step(request)}")
             if isinstance(request, Hs3) and self.challenge is not None and request.challenge != self.challenge:
-                raise HandshakeError("hs3 challenge does not match the one in hs2 (replayed handshake?)")
+                raise HandshakeError(
+                    "hs3 challenge does not match the one in hs2 (replayed handshake?)", "challenge_mismatch"
+                )
         except (HandshakeError, SealError) as exc:
-            return self.fail(exc.desc)
+            return self.fail(exc.desc, exc.code)
         except LineTooLong as exc:
             return self.fail(str(exc))
         self.state = next_state
@@ -154,7 +157,7 @@ class ServerHandshake:
         """Fail the handshake if its deadline has passed."""
         if self.deadline is None or now < self.deadline:
             return None
-        return self.fail(f"handshake not completed within {self.limits.handshake_timeout:g} s")
+        return self.fail(f"handshake not completed within {self.limits.handshake_timeout:g} s", "handshake_timeout")
 
     # -- answers from the session -----------------------------------------
 
@@ -173,12 +176,12 @@ class ServerHandshake:
         self._reply("hs4", hs4_ok(self.chid, self.idle_timeout, online))
         return self._lines.take_rest()
 
-    def fail(self, desc: str) -> Failed:
+    def fail(self, desc: str, code: str = "bad_request") -> Failed:
         self.state = State.FAILED
         self.deadline = None
-        self._reply("hs4", hs4_fail(desc))
+        self._reply("hs4", hs4_fail(desc, code))
         self._lines.take_rest()  # nothing more will be read; free the buffer
-        return Failed(desc)
+        return Failed(desc, code)
 
     # -- output ------------------------------------------------------------
 

@@ -19,11 +19,24 @@ MAX_RECVERS = 1024
 
 
 class HandshakeError(Exception):
-    """The peer broke a handshake rule; ``desc`` is the text of the FAIL reply."""
+    """The peer broke a handshake rule; ``desc`` and ``code`` go into the FAIL reply."""
 
-    def __init__(self, desc: str) -> None:
+    def __init__(self, desc: str, code: str = "bad_request") -> None:
         super().__init__(desc)
         self.desc = desc
+        self.code = code
+
+
+FAIL_CODES = (
+    "bad_request",  # malformed, invalid or out-of-order message, or a line over the limit
+    "bad_seal",  # not sealed, wrong secret, tampered, or sealed for another step
+    "challenge_mismatch",  # hs3 did not echo hs2's challenge
+    "chid_in_use",  # the chid is online
+    "handshake_timeout",  # the handshake took too long
+    "wait_timeout",  # "wait" ran out before every recver was online
+    "refused",  # over a connection limit or the handshake rate
+)
+"""Machine-readable reasons in a FAIL reply's ``code`` field (docs/protocol.md, section 8)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +160,8 @@ def hs4_ok(chid: str, timeout: float, online: list[str] | None) -> dict[str, Any
     return reply
 
 
-def hs4_fail(desc: str) -> dict[str, Any]:
-    return {"rsp": "hs4", "result": "FAIL", "desc": desc}
+def hs4_fail(desc: str, code: str = "bad_request") -> dict[str, Any]:
+    return {"rsp": "hs4", "result": "FAIL", "code": code, "desc": desc}
 
 
 def _number(value: float) -> float | int:

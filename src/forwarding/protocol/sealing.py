@@ -28,6 +28,8 @@ STEPS = ("hs1", "hs2", "hs3", "hs4")
 class SealError(Exception):
     """A line could not be opened: not sealed, wrong secret, tampered, or the wrong step."""
 
+    code = "bad_seal"
+
     def __init__(self, desc: str) -> None:
         super().__init__(desc)
         self.desc = desc

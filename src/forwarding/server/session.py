@@ -88,7 +88,7 @@ class Session(asyncio.Protocol):
             self.outcome = Outcome.REFUSED
             self.desc = refusal
             if not self._relay.broadcast_mode:
-                transport.write(encode(hs4_fail(refusal)))
+                transport.write(encode(hs4_fail(refusal, "refused")))
             transport.close()
             return
         if self._tls_pending:
@@ -209,7 +209,7 @@ class Session(asyncio.Protocol):
             elif isinstance(event, Hs3Received):
                 self._on_hs3(event)
             elif isinstance(event, Failed):
-                self._refuse(Outcome.HANDSHAKE_FAILED, event.desc)
+                self._refuse(Outcome.HANDSHAKE_FAILED, event.desc, event.code)
             else:
                 break
         self._flush_handshake()
@@ -220,7 +220,8 @@ class Session(asyncio.Protocol):
             chid = generate_chid()
         elif self._router.is_online(event.chid):
             self.chid = event.chid  # for the log line; never registered
-            self._refuse(Outcome.CHID_IN_USE, f"chid {quote(event.chid)} is online; pick another or omit it")
+            desc = f"chid {quote(event.chid)} is online; pick another or omit it"
+            self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
             return
         else:
             chid = event.chid
@@ -231,7 +232,8 @@ class Session(asyncio.Protocol):
         self.recvers = event.recvers
         self.idle_timeout = event.timeout
         if not self._router.claim(self):
-            self._refuse(Outcome.CHID_IN_USE, f"chid {quote(self.chid)} came online during the handshake")
+            desc = f"chid {quote(self.chid)} came online during the handshake"
+            self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
             return
         self._registered = True
         if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
@@ -267,11 +269,11 @@ class Session(asyncio.Protocol):
         if trailing:
             self.data_received(trailing)
 
-    def _refuse(self, outcome: Outcome, desc: str) -> None:
-        """Send FAIL (queued by the core) and close."""
+    def _refuse(self, outcome: Outcome, desc: str, code: str) -> None:
+        """Send FAIL (queued by the core unless it failed the handshake itself) and close."""
         assert self._hs is not None
         if self._hs.state is not State.FAILED:
-            self._hs.fail(desc)
+            self._hs.fail(desc, code)
         self.outcome = outcome
         self.desc = desc
         self._flush_handshake()
@@ -323,11 +325,12 @@ class Session(asyncio.Protocol):
             assert self.recvers is not None
             missing = [c for c in self.recvers if not self._router.is_online(c)]
             limit = self._config.limits.handshake_timeout
-            self._refuse(Outcome.WAIT_TIMEOUT, f"recvers not online after {limit:g} s: {', '.join(missing)}")
+            desc = f"recvers not online after {limit:g} s: {', '.join(missing)}"
+            self._refuse(Outcome.WAIT_TIMEOUT, desc, "wait_timeout")
         else:
             event = hs.handle_timeout(now)
             assert event is not None
-            self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc)
+            self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc, event.code)
 
     def _arm_idle_timer(self) -> None:
         self._timer = self._loop.call_at(self.last_active + self.idle_timeout, self._idle_timer_fired)
