@@ -196,8 +196,37 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser.add_argument("--version", action="version", version=f"forwarding {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = _add_serve(sub)
-    sub.add_parser("keygen", help="print a new random secret (256 bits)")
+    sub.add_parser("keygen", help="print a new random secret or end-to-end key (256 bits)")
+    _add_tools(sub)
     return parser, serve
+
+
+def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from .tools.common import add_client_flags
+
+    p = sub.add_parser(
+        "connect",
+        help="like nc: standard input to the receivers, what arrives to standard output",
+        description="Join the relay; standard input goes to the receivers and what arrives goes to "
+        "standard output. Exits 0 when either side closes, 1 on an error.",
+    )
+    add_client_flags(p, "this session's chid (default: generated, and printed on standard error)")
+    p = sub.add_parser(
+        "bridge",
+        help="pipe relay sessions to a local TCP service (reach a LAN service through the relay)",
+        description="Join the relay as --chid and pipe each session to --target, rejoining with backoff "
+        "when either side drops.",
+    )
+    add_client_flags(p, "the chid clients reach this bridge at")
+    p.add_argument("--target", required=True, metavar="HOST:PORT", help="the local service, e.g. 127.0.0.1:22")
+    p = sub.add_parser("send", help="send a file to a receiver, checked by size and SHA-256")
+    add_client_flags(p, "this sender's chid (default: generated)")
+    p.add_argument("file", help="the file to send")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("recv", help="receive one file sent with forwarding send")
+    add_client_flags(p, "the chid the sender sends to", to=False)
+    p.add_argument("-o", "--output", help="where to write it (default: the sender's file name; - for stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
@@ -225,12 +254,30 @@ def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | Non
     serve.set_defaults(**defaults)
 
 
+def _run_tool(args: argparse.Namespace) -> int:
+    from .errors import Error
+    from .tools import bridge, pipe, transfer
+
+    if args.command == "bridge":
+        logs.configure("info" if args.verbose else "warning")
+    runners = {"connect": pipe.run, "bridge": bridge.run, "send": transfer.run_send, "recv": transfer.run_recv}
+    try:
+        return runners[args.command](args)
+    except (Error, OSError, ValueError) as exc:
+        print(f"forwarding {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser, serve = _parser()
     _apply_config_file(serve, argv)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         print(new_secret())
+    elif args.command in ("connect", "bridge", "send", "recv"):
+        sys.exit(_run_tool(args))
     elif args.command == "serve":
         config = _serve_config(args)
         logs.configure(args.log_level, args.log_format)

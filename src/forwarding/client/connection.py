@@ -1,0 +1,147 @@
+"""The asyncio client: ``await forwarding.connect(...)`` or ``async with forwarding.connect(...)``.
+
+Streams, not protocols: readability wins on the client side, and the relay, not
+the client, is the hot path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Generator
+from types import TracebackType
+from typing import Any
+
+from ..errors import ConnectionClosed, HandshakeTimeout
+from ..protocol.client import ClientHandshake, Established
+from ..protocol.sealing import Sealer
+from .address import parse_address
+
+MAX_LINE = 64 * 1024
+
+
+class Channel:
+    """An established session: bytes in, bytes out."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hs4: Established) -> None:
+        self._reader = reader
+        self._writer = writer
+        self.chid = hs4.chid
+        """This session's chid (the one asked for, or the generated one)."""
+        self.online = hs4.online
+        """Which named receivers were online at hs4 (``None`` for broadcast)."""
+        self.timeout = hs4.timeout
+        """The idle timeout the relay applies, in seconds."""
+
+    async def send(self, data: bytes) -> None:
+        """Send ``data`` to the receivers; waits while the relay pushes back."""
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def recv(self, max_bytes: int = 65536) -> bytes:
+        """Up to ``max_bytes`` that arrived for us; ``b""`` once the relay closed the session."""
+        return await self._reader.read(max_bytes)
+
+    async def recv_exactly(self, n: int) -> bytes:
+        try:
+            return await self._reader.readexactly(n)
+        except asyncio.IncompleteReadError as exc:
+            raise ConnectionClosed(f"closed after {len(exc.partial)} of {n} bytes") from None
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while chunk := await self.recv():
+            yield chunk
+
+    async def send_eof(self) -> None:
+        """Close our sending side; the relay then closes the session once it has delivered our data."""
+        if self._writer.can_write_eof():
+            self._writer.write_eof()
+        else:  # TLS cannot half-close
+            await self.close()
+
+    async def close(self) -> None:
+        self._writer.close()
+        try:
+            await self._writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+
+    async def __aenter__(self) -> Channel:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class connect:
+    """Connect to a relay and do the handshake.
+
+    ``await connect(...)`` gives a :class:`Channel`; ``async with connect(...) as ch``
+    also closes it. ``recvers=None`` broadcasts; ``wait=True`` holds the handshake
+    until every receiver is online (:class:`~forwarding.errors.RecversOffline` if
+    they are not within the relay's handshake timeout). ``secret`` seals the
+    handshake; ``tls`` is an :class:`ssl.SSLContext`, or ``True`` for the default one.
+    """
+
+    def __init__(
+        self,
+        address: str | tuple[str, int],
+        *,
+        chid: str | None = None,
+        recvers: list[str] | None = None,
+        secret: str | None = None,
+        tls: ssl.SSLContext | bool | None = None,
+        wait: bool = False,
+        timeout: float | None = None,
+        open_timeout: float | None = 10.0,
+    ) -> None:
+        self._address = parse_address(address) if isinstance(address, str) else address
+        self._hs = ClientHandshake(chid, recvers, timeout, wait, Sealer.from_secret(secret) if secret else None)
+        self._tls = ssl.create_default_context() if tls is True else (tls or None)
+        self._open_timeout = open_timeout
+        self._channel: Channel | None = None
+
+    async def _open(self) -> Channel:
+        try:
+            return await asyncio.wait_for(self._handshake(), self._open_timeout)
+        except TimeoutError:
+            raise HandshakeTimeout(f"no handshake with {self._address[0]}:{self._address[1]} in time") from None
+
+    async def _handshake(self) -> Channel:
+        host, port = self._address
+        reader, writer = await asyncio.open_connection(host, port, ssl=self._tls, limit=MAX_LINE)
+        hs = self._hs
+        try:
+            # Without a secret hs3 needs nothing from hs2, so it goes in the same write.
+            writer.write(hs.hs1() + hs.hs3() if hs.can_pipeline else hs.hs1())
+            hs.receive_hs2(await _line(reader))
+            if not hs.can_pipeline:
+                writer.write(hs.hs3())
+            hs4 = hs.receive_hs4(await _line(reader))
+        except BaseException:
+            writer.close()
+            raise
+        return Channel(reader, writer, hs4)
+
+    def __await__(self) -> Generator[Any, None, Channel]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> Channel:
+        self._channel = await self._open()
+        return self._channel
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._channel is not None:
+            await self._channel.close()
+
+
+async def _line(reader: asyncio.StreamReader) -> bytes:
+    try:
+        line = await reader.readuntil(b"\n")
+    except asyncio.IncompleteReadError:
+        raise ConnectionClosed("the relay closed the connection during the handshake") from None
+    except asyncio.LimitOverrunError:
+        raise ConnectionClosed("the relay sent an over-long handshake line") from None
+    return line
