@@ -193,3 +193,13 @@ def handshake(
     hs4 = c.read_line()
     assert hs4["result"] == "OK", hs4
     return c, hs4
+
+
+@pytest.fixture(scope="session")
+def pki_paths(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A throwaway CA and a server certificate for localhost / 127.0.0.1."""
+    from .certs import CA
+
+    ca = CA(tmp_path_factory.mktemp("pki-shared"), "ca")
+    server = ca.issue("server", server=True)
+    return {"ca": str(ca.pair.cert), "cert": str(server.cert), "key": str(server.key)}

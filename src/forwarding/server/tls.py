@@ -30,12 +30,15 @@ class TlsProtocol(asyncio.Protocol):
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
         self._raw: asyncio.Transport | None = None
+        self._app: TlsTransport | None = None
         self._handshaken = False
+        self._close_notified = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         self._raw = raw
-        self._session.connection_made(TlsTransport(self, raw, self._ssl))
+        self._app = TlsTransport(self, raw, self._ssl)
+        self._session.connection_made(self._app)
 
     def data_received(self, data: bytes) -> None:
         self._in.write(data)
@@ -56,6 +59,10 @@ class TlsProtocol(asyncio.Protocol):
         self._flush()
         if plain:
             self._session.data_received(plain)
+        if self._close_notified and self._app is not None:
+            self._close_notified = False  # once
+            if not self._session.eof_received():
+                self._app.close()
 
     def _read_plain(self) -> bytes:
         chunks = []
@@ -64,9 +71,11 @@ class TlsProtocol(asyncio.Protocol):
                 chunk = self._ssl.read(READ_SIZE)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # close_notify: treat as EOF
+            except ssl.SSLZeroReturnError:  # close_notify: the client's EOF
+                self._close_notified = True
                 break
-            if not chunk:
+            if not chunk:  # SSLObject reads b"" once close_notify has arrived
+                self._close_notified = True
                 break
             chunks.append(chunk)
         return b"".join(chunks)
