@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import BinaryIO, cast
 
@@ -78,13 +78,13 @@ def run_send(args: argparse.Namespace) -> int:
 class _Reader:
     """Plaintext from the channel, with exact-length reads."""
 
-    def __init__(self, ch: sync.SyncChannel, codec: Codec) -> None:
-        self._ch = ch
+    def __init__(self, recv: Callable[[int], bytes], codec: Codec) -> None:
+        self._recv = recv
         self._codec = codec
         self._buf = bytearray()
 
     def _fill(self) -> bool:
-        chunk = self._ch.recv(CHUNK)
+        chunk = self._recv(CHUNK)
         if not chunk:
             return False
         self._buf += self._codec.incoming(chunk)
@@ -101,8 +101,11 @@ class _Reader:
         return line
 
     def some(self, limit: int) -> bytes:
-        if not self._buf and not self._fill():
-            return b""
+        # A read may end inside a sealed record and yield no plaintext yet: keep
+        # reading until there is some or the channel ends.
+        while not self._buf:
+            if not self._fill():
+                return b""
         out = bytes(self._buf[:limit])
         del self._buf[:limit]
         return out
@@ -119,7 +122,7 @@ def run_recv(args: argparse.Namespace) -> int:
     codec = Codec(e2e_key(args))
     ch = sync.connect(args.relay, chid=args.chid, secret=args.secret, tls=tls_context(args))
     say(args, f"waiting as {ch.chid}", always=not args.chid)
-    reader = _Reader(ch, codec)
+    reader = _Reader(ch.recv, codec)
     try:
         header = json.loads(reader.line())
         name, size = header["name"], header["size"]
