@@ -166,3 +166,27 @@ def test_wait_fails_when_recvers_stay_offline(start_server):
     assert "wait_timeout" in server.closed_line("lonely")
     # The chid was released with the failure.
     again, _ = handshake(server, "lonely", [])
+
+
+def test_hangup_closes_a_session_when_its_recver_leaves(server):
+    bound, _ = handshake(server, "bound", ["partner"], hangup=True)
+    loose, _ = handshake(server, "loose", ["partner"])
+    partner, _ = handshake(server, "partner", ["bound"])
+    partner.sock.sendall(b"last bytes")
+    assert bound.recv_exactly(10) == b"last bytes"
+    partner.close()
+    bound.assert_closed()
+    assert 'reason="peer_left"' in server.closed_line("bound")
+    # Without hangup a session outlives its partner.
+    loose.sock.sendall(b"x")
+    again, _ = handshake(server, "partner", ["loose"])
+    loose.sock.sendall(b"still here")
+    assert again.recv_exactly(10) == b"still here"
+
+
+def test_hangup_must_be_a_boolean(server):
+    c = Client(server.address)
+    c.send_json({"req": "hs1"})
+    c.read_line()
+    c.send_json({"req": "hs3", "recvers": ["x"], "hangup": 1})
+    assert '"hangup" must be true or false' in fail_reply(c, "bad_request")

@@ -199,3 +199,45 @@ def test_recv_fails_clearly_on_a_tampered_sealed_stream(server, tmp_path):
         _, err = receiver.communicate(timeout=TIMEOUT)
     assert receiver.returncode == 1
     assert "end-to-end authentication failed" in err
+
+
+class GreetingEchoServer(EchoServer):
+    """Like sshd: greets each connection first (with its number), then echoes, and
+    never closes on its own, so a stale session would show as a missing greeting."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        super().__init__()
+
+    def _echo(self, conn: socket.socket) -> None:
+        self.count += 1
+        conn.sendall(b"hello %d\n" % self.count)
+        super()._echo(conn)
+
+
+def test_connect_as_a_proxy_command_through_a_bridge_client_after_client(start_server):
+    """What ssh's ProxyCommand does: a `forwarding connect` process whose stdio is the stream.
+    Each client in turn must get its own fresh connection to the target."""
+    target = GreetingEchoServer()
+    server = start_server()
+    bridge = subprocess.Popen(
+        [*FWD, "bridge", relay(server), "--chid", "office", "--to", "laptop", "--target", f"127.0.0.1:{target.port}"]
+    )
+    try:
+        for n in (1, 2, 3):
+            proxy = subprocess.Popen(
+                [*FWD, "connect", relay(server), "--chid", "laptop", "--to", "office", "--wait", "--hangup"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            line = b"SSH-2.0-client %d\r\n" % n
+            proxy.stdin.write(line)
+            proxy.stdin.flush()
+            greeting = b"hello %d\n" % n
+            assert proxy.stdout.read(len(greeting) + len(line)) == greeting + line
+            proxy.stdin.close()
+            assert proxy.wait(TIMEOUT) == 0
+    finally:
+        bridge.terminate()
+        bridge.wait(TIMEOUT)
+        target.sock.close()

@@ -81,6 +81,7 @@ class connect:
     until every receiver is online (:class:`~forwarding.errors.RecversOffline` if
     they are not within the relay's handshake timeout). ``secret`` seals the
     handshake; ``tls`` is an :class:`ssl.SSLContext`, or ``True`` for the default one.
+    ``hangup=True`` asks the relay to end this session when a named receiver leaves.
     """
 
     def __init__(
@@ -94,9 +95,10 @@ class connect:
         wait: bool = False,
         timeout: float | None = None,
         open_timeout: float | None = 10.0,
+        hangup: bool = False,
     ) -> None:
         self._address = parse_address(address) if isinstance(address, str) else address
-        self._hs = ClientHandshake(chid, recvers, timeout, wait, Sealer.from_secret(secret) if secret else None)
+        self._hs = ClientHandshake(chid, recvers, timeout, wait, Sealer.from_secret(secret) if secret else None, hangup)
         self._tls = ssl.create_default_context() if tls is True else (tls or None)
         self._open_timeout = open_timeout
         self._channel: Channel | None = None

@@ -81,10 +81,11 @@ def connect(
     wait: bool = False,
     timeout: float | None = None,
     open_timeout: float | None = 10.0,
+    hangup: bool = False,
 ) -> SyncChannel:
     """Blocking twin of :func:`forwarding.connect`, with the same arguments."""
     host, port = parse_address(address) if isinstance(address, str) else address
-    hs = ClientHandshake(chid, recvers, timeout, wait, Sealer.from_secret(secret) if secret else None)
+    hs = ClientHandshake(chid, recvers, timeout, wait, Sealer.from_secret(secret) if secret else None, hangup)
     sock = socket.create_connection((host, port), timeout=open_timeout)
     try:
         if tls:

@@ -31,7 +31,9 @@ class ClientHandshake:
         timeout: float | None = None,
         wait: bool = False,
         sealer: Sealer | None = None,
+        hangup: bool = False,
     ) -> None:
+        self.hangup = hangup
         self.chid = chid
         self.recvers = recvers
         self.timeout = timeout
@@ -70,6 +72,8 @@ class ClientHandshake:
             msg["timeout"] = self.timeout
         if self.wait:
             msg["wait"] = True
+        if self.hangup:
+            msg["hangup"] = True
         if self._challenge is not None:
             msg["challenge"] = self._challenge
         return self._line(msg, "hs3")

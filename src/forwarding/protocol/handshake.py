@@ -69,6 +69,7 @@ class Hs3Received:
     timeout: float
     """The idle timeout that applies: asked for, or the default, capped by the maximum."""
     wait: bool
+    hangup: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +152,7 @@ class ServerHandshake:
         if isinstance(request, Hs1):
             return Hs1Received(request.chid)
         self.idle_timeout = self._idle_timeout(request)
-        return Hs3Received(request.recvers, self.idle_timeout, request.wait)
+        return Hs3Received(request.recvers, self.idle_timeout, request.wait, request.hangup)
 
     def handle_timeout(self, now: float) -> Failed | None:
         """Fail the handshake if its deadline has passed."""

@@ -59,6 +59,8 @@ class Hs3:
     """Hold hs4 until every named receiver is online."""
     challenge: str | None = None
     """The challenge from hs2, echoed back (encrypted handshake only)."""
+    hangup: bool = False
+    """Close this session as soon as one of its named receivers goes offline."""
 
 
 Request = Hs1 | Hs3
@@ -129,10 +131,13 @@ def _parse_hs3(obj: dict[str, Any]) -> Hs3:
     wait = obj.get("wait", False)
     if not isinstance(wait, bool):
         raise HandshakeError('"wait" must be true or false')
+    hangup = obj.get("hangup", False)
+    if not isinstance(hangup, bool):
+        raise HandshakeError('"hangup" must be true or false')
     challenge = obj.get("challenge")
     if challenge is not None and not isinstance(challenge, str):
         raise HandshakeError('"challenge" must be a string')
-    return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge)
+    return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge, hangup=hangup)
 
 
 def quote(text: str, limit: int = 32) -> str:

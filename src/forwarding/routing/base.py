@@ -36,6 +36,10 @@ class Sink(Protocol):
         """Call ``sender.unthrottle(self)`` once this sink has drained (or closed)."""
         ...
 
+    def peer_left(self, chid: str) -> None:
+        """A receiver this sink asked to hang up with (hs3 ``hangup``) went offline."""
+        ...
+
     def discard_waiter(self, sender: Sink) -> None:
         """Forget ``sender``: it closed while paused on this sink."""
         ...
@@ -70,6 +74,10 @@ class Router(Protocol):
         receiver was offline (``len(data)`` once per such receiver). Calls
         ``sender.throttle(sink)`` for each receiver that is over its high mark.
         """
+        ...
+
+    def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
+        """Call ``sink.peer_left(chid)`` when any of ``chids`` goes offline, until ``sink`` is released."""
         ...
 
     def watch(self, callback: OnlineCallback) -> None:

@@ -17,6 +17,8 @@ class LocalRouter:
     def __init__(self) -> None:
         self._sinks: dict[str, Sink] = {}
         self._watchers: list[OnlineCallback] = []
+        self._hangups: dict[str, set[Sink]] = {}  # chid -> sinks to hang up when it leaves
+        self._hangup_chids: dict[Sink, tuple[str, ...]] = {}
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -31,8 +33,23 @@ class LocalRouter:
         return True
 
     def release(self, sink: Sink) -> None:
+        for chid in self._hangup_chids.pop(sink, ()):
+            bound = self._hangups.get(chid)
+            if bound is not None:
+                bound.discard(sink)
+                if not bound:
+                    del self._hangups[chid]
         if self._sinks.get(sink.chid) is sink:
             del self._sinks[sink.chid]
+            # At once, not later: a new owner of this chid must never find the
+            # old partner still online.
+            for partner in list(self._hangups.get(sink.chid, ())):
+                partner.peer_left(sink.chid)
+
+    def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
+        self._hangup_chids[sink] = chids
+        for chid in chids:
+            self._hangups.setdefault(chid, set()).add(sink)
 
     def online(self, chids: Iterable[str]) -> list[str]:
         return [chid for chid in chids if chid in self._sinks]

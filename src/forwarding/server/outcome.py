@@ -28,5 +28,7 @@ class Outcome(enum.Enum):
     """Over a connection limit or the handshake rate; the client got a FAIL (handshake mode)."""
     TLS_FAILED = "tls_failed"
     """The TLS handshake failed (no or bad client certificate, wrong protocol)."""
+    PEER_LEFT = "peer_left"
+    """hs3 asked to hang up with its receivers, and one of them went offline."""
     SHUTDOWN = "shutdown"
     """The server was stopping."""

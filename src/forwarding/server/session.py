@@ -189,6 +189,9 @@ class Session(asyncio.Protocol):
     def add_waiter(self, sender: Sink) -> None:
         self._waiters.add(sender)
 
+    def peer_left(self, chid: str) -> None:
+        self.close(Outcome.PEER_LEFT, f"recver {quote(chid)} went offline")
+
     def discard_waiter(self, sender: Sink) -> None:
         self._waiters.discard(sender)
 
@@ -236,6 +239,8 @@ class Session(asyncio.Protocol):
             self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
             return
         self._registered = True
+        if event.hangup and self.recvers:
+            self._router.hang_up_with(self, self.recvers)
         if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
             self._waiting = True
             assert self._transport is not None

@@ -32,7 +32,11 @@ async def bridge(args: argparse.Namespace, once: bool = False) -> None:
     backoff = BACKOFF_FIRST
     while True:
         try:
-            ch = await connect(args.relay, chid=args.chid, recvers=args.to, secret=args.secret, tls=tls_context(args))
+            # hangup: the relay ends our session the moment the client leaves, so
+            # the next client can never reach this session's target connection.
+            ch = await connect(
+                args.relay, chid=args.chid, recvers=args.to, secret=args.secret, tls=tls_context(args), hangup=True
+            )
         except (OSError, Error) as exc:
             delay = backoff * random.uniform(0.8, 1.2)  # jitter: bridges restarting together spread out
             log.warning("relay unavailable", extra={"fields": {"error": str(exc), "retry_in": round(delay, 2)}})

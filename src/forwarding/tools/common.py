@@ -16,6 +16,7 @@ def add_client_flags(p: argparse.ArgumentParser, chid_help: str, to: bool = True
     if to:
         p.add_argument("--to", action="append", metavar="CHID", help="a receiver; repeat for several (none: broadcast)")
     p.add_argument("--wait", action="store_true", help="hold the handshake until every receiver is online")
+    p.add_argument("--hangup", action="store_true", help="end the session when a receiver goes offline")
     p.add_argument(
         "--secret",
         default=os.environ.get("FORWARDING_SECRET"),

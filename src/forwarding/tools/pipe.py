@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import io
+import os
 import sys
 import threading
-from typing import cast
 
 from .. import sync
 from .common import Codec, e2e_key, say, tls_context
@@ -15,16 +14,24 @@ from .common import Codec, e2e_key, say, tls_context
 def run(args: argparse.Namespace) -> int:
     codec = Codec(e2e_key(args))
     ch = sync.connect(
-        args.relay, chid=args.chid, recvers=args.to, secret=args.secret, tls=tls_context(args), wait=args.wait
+        args.relay,
+        chid=args.chid,
+        recvers=args.to,
+        secret=args.secret,
+        tls=tls_context(args),
+        wait=args.wait,
+        hangup=args.hangup,
     )
     say(args, f"joined as {ch.chid}" + (f"; online: {', '.join(ch.online)}" if ch.online is not None else ""),
         always=not args.chid)  # fmt: skip
-    stdin = cast(io.BufferedReader, sys.stdin.buffer)  # read1: whatever is there, up to a size
+    stdin_fd = sys.stdin.fileno()
     stdout = sys.stdout.buffer
 
     def upload() -> None:
         try:
-            while chunk := stdin.read1(256 * 1024):
+            # os.read, not sys.stdin: a daemon thread blocked inside a buffered
+            # reader's lock makes interpreter shutdown abort.
+            while chunk := os.read(stdin_fd, 256 * 1024):
                 ch.send(codec.outgoing(chunk))
             ch.send(codec.outgoing_end())
             ch.send_eof()  # the relay delivers what we sent, then ends the session
