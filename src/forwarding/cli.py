@@ -99,6 +99,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"disconnect a client that stays above the high mark this long (default {d.slow_receiver_timeout:g})",
     )
     p.add_argument(
+        "--no-splice",
+        dest="splice",
+        action="store_false",
+        help="forward one-to-one sessions through Python instead of splice(2) (for comparison)",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=_positive,
         default=d.shutdown_grace,
@@ -186,6 +192,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         write_buffer_low=args.write_buffer_low,
         slow_receiver_timeout=args.slow_receiver_timeout,
         shutdown_grace=args.shutdown_grace,
+        splice=args.splice,
     )
 
 

@@ -43,6 +43,8 @@ class ServerConfig:
     """Bytes queued for one client below which its senders are read again."""
     slow_receiver_timeout: float = 30.0
     """Seconds a client may stay above ``write_buffer_high`` before it is disconnected."""
+    splice: bool = True
+    """Forward one-to-one plain-TCP sessions with splice(2) where the OS has it."""
     shutdown_grace: float = 5.0
     """Seconds SIGTERM waits for queued bytes to drain before cutting connections."""
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)

@@ -120,6 +120,12 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
     return start_server()
 
 
+@pytest.fixture(params=["splice", "no-splice"])
+def forwarding_path(request: pytest.FixtureRequest) -> list[str]:
+    """Server flags for each forwarding path: splice(2) pumps for one-to-one pairs, and Python."""
+    return [] if request.param == "splice" else ["--no-splice"]
+
+
 class Client:
     """A blocking client that reads handshake replies line by line and keeps what follows."""
 

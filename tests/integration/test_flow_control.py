@@ -10,14 +10,22 @@ import struct
 import threading
 import time
 
+import pytest
+
 from .conftest import TIMEOUT, Client, handshake
 from .test_forwarding import pump
 
 
-def test_a_slow_reader_gets_every_byte_and_the_server_stays_small(start_server):
-    server = start_server("--slow-receiver-timeout", "60")
+@pytest.fixture
+def server(start_server, forwarding_path):
+    return start_server(*forwarding_path)
+
+
+def test_a_slow_reader_gets_every_byte_and_the_server_stays_small(start_server, forwarding_path):
+    server = start_server("--slow-receiver-timeout", "60", *forwarding_path)
+    # A mutual pair, so that the splice path takes it where it is on.
+    b, _ = handshake(server, "slow", ["fast"])
     a, _ = handshake(server, "fast", ["slow"])
-    b, _ = handshake(server, "slow", [])
     b.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     data = os.urandom(256 << 20)
     t = pump(a.sock, data)
@@ -35,11 +43,11 @@ def test_a_slow_reader_gets_every_byte_and_the_server_stays_small(start_server):
     assert peak < 80 * 1024, f"server RSS peaked at {peak} KiB"
 
 
-def test_a_receiver_that_never_reads_is_cut_off_and_others_keep_working(start_server):
-    server = start_server("--slow-receiver-timeout", "1.5")
+def test_a_receiver_that_never_reads_is_cut_off_and_others_keep_working(start_server, forwarding_path):
+    server = start_server("--slow-receiver-timeout", "1.5", *forwarding_path)
     baseline = server.rss_kib()
+    stalled, _ = handshake(server, "sink", ["pusher"])
     sender, _ = handshake(server, "pusher", ["sink"])
-    stalled, _ = handshake(server, "sink", [])
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     other_rx, _ = handshake(server, "other-rx", [])
     other_tx, _ = handshake(server, "other-tx", ["other-rx"])

@@ -7,7 +7,15 @@ import os
 import socket
 import threading
 
+import pytest
+
 from .conftest import TIMEOUT, Client, handshake
+
+
+@pytest.fixture
+def server(start_server, forwarding_path):
+    """Every test here runs over both forwarding paths (most pairs here are one-to-one)."""
+    return start_server(*forwarding_path)
 
 
 def pump(sock: socket.socket, data: bytes, chunk: int = 256 * 1024) -> threading.Thread:

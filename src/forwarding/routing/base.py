@@ -67,6 +67,10 @@ class Router(Protocol):
 
     def is_online(self, chid: str) -> bool: ...
 
+    def local_sink(self, chid: str) -> Sink | None:
+        """The sink for ``chid`` if it is online in this process (for the zero-copy path)."""
+        ...
+
     def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes) -> int:
         """Deliver ``data`` from ``sender`` to ``recvers`` (``None``: all others).
 

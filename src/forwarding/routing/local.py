@@ -57,6 +57,9 @@ class LocalRouter:
     def is_online(self, chid: str) -> bool:
         return chid in self._sinks
 
+    def local_sink(self, chid: str) -> Sink | None:
+        return self._sinks.get(chid)
+
     def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes) -> int:
         if recvers is None:
             # Safe to iterate in place: Sink.deliver never releases a sink synchronously.

@@ -13,6 +13,7 @@ from typing import cast
 from ..config import Mode, ServerConfig
 from ..protocol.sealing import Sealer
 from ..routing.local import LocalRouter
+from . import splice
 from .admission import Admission
 from .outcome import Outcome
 from .session import Session
@@ -48,6 +49,8 @@ class Relay:
         # TLS runs inside each session (server/tls.py), after admission: refused
         # peers cost no crypto, and a failed TLS handshake gets a close log line.
         self.ssl_context = tls_context(config)
+        # Zero-copy needs the session's bytes on a plain socket: not under TLS.
+        self.splice = splice.AVAILABLE and config.splice and self.ssl_context is None
         self._servers: list[asyncio.Server] = []
         self._idle = asyncio.Event()
         self._idle.set()

@@ -21,6 +21,7 @@ from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandsha
 from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
 from .outcome import Outcome
+from .splice import Pump
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -65,6 +66,8 @@ class Session(asyncio.Protocol):
         self._waiters: set[Sink] = set()  # senders paused because of this session
         self._timer: asyncio.TimerHandle | None = None
         self._slow_timer: asyncio.TimerHandle | None = None
+        self.pump: Pump | None = None  # splices this session's bytes to its one receiver
+        self._inbound: set[Pump] | None = None  # pumps that write into this session
 
     # -- asyncio callbacks ----------------------------------------------------
 
@@ -145,7 +148,7 @@ class Session(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._slow_timer is None and self.outcome is None:
-            self._slow_timer = self._loop.call_later(self._config.slow_receiver_timeout, self._too_slow)
+            self._slow_timer = self._loop.call_later(self._config.slow_receiver_timeout, self.too_slow)
 
     def resume_writing(self) -> None:
         if self._slow_timer is not None:
@@ -197,7 +200,8 @@ class Session(asyncio.Protocol):
 
     def unthrottle(self, by: Sink) -> None:
         self._blockers.discard(by)
-        if not self._blockers and self.outcome is None and not self._waiting and self._transport is not None:
+        if not self._blockers and self.outcome is None and not self._waiting and self.pump is None:
+            assert self._transport is not None
             self._transport.resume_reading()
 
     # -- handshake -----------------------------------------------------------
@@ -273,6 +277,59 @@ class Session(asyncio.Protocol):
         self._hs = None
         if trailing:
             self.data_received(trailing)
+        if self._relay.splice and self.recvers is not None and len(self.recvers) == 1:
+            self._try_splice()
+            # A partner that came online first and sends only to us could not splice then.
+            partner = self._router.local_sink(self.recvers[0])
+            if isinstance(partner, Session) and partner.recvers == (self.chid,):
+                partner._try_splice()
+
+    # -- zero-copy path (server/splice.py) -------------------------------------
+
+    def _try_splice(self) -> None:
+        """Hand forwarding to a splice pump if this session sends to one plain local receiver.
+
+        Only when nothing of ours can still be queued for that receiver: its
+        transport buffer is empty and we are not throttled.
+        """
+        if self.pump is not None or self.outcome is not None or self._blockers or not self.established:
+            return
+        assert self.recvers is not None and self._transport is not None
+        receiver = self._router.local_sink(self.recvers[0])
+        if not isinstance(receiver, Session) or not receiver.established or receiver.outcome is not None:
+            return
+        dst = receiver._transport
+        if dst is None or dst.get_write_buffer_size():
+            return
+        try:
+            self.pump = Pump(
+                self._loop,
+                self,
+                receiver,
+                self._transport.get_extra_info("socket").fileno(),
+                dst.get_extra_info("socket").fileno(),
+                min(self._config.write_buffer_high, 1 << 20),
+                self._config.slow_receiver_timeout,
+            )
+        except OSError as exc:
+            log.warning("splice unavailable, forwarding the ordinary way", extra={"fields": {"error": str(exc)}})
+            return
+        self._transport.pause_reading()
+        if receiver._inbound is None:
+            receiver._inbound = set()
+        receiver._inbound.add(self.pump)
+        log.debug("splicing", extra={"fields": {"chid": self.chid, "recver": receiver.chid}})
+
+    def pump_stopped(self, pump: Pump) -> None:
+        """Our pump closed; if we are still open (its receiver left), read the ordinary way."""
+        if self.pump is pump:
+            self.pump = None
+            if self.outcome is None and not self._blockers and self._transport is not None:
+                self._transport.resume_reading()
+
+    def inbound_pump_stopped(self, pump: Pump) -> None:
+        if self._inbound is not None:
+            self._inbound.discard(pump)
 
     def _refuse(self, outcome: Outcome, desc: str, code: str) -> None:
         """Send FAIL (queued by the core unless it failed the handshake itself) and close."""
@@ -352,7 +409,7 @@ class Session(asyncio.Protocol):
         else:
             self._arm_idle_timer()
 
-    def _too_slow(self) -> None:
+    def too_slow(self) -> None:
         self._slow_timer = None
         if self.outcome is None:
             self.outcome = Outcome.SLOW_RECEIVER
@@ -382,6 +439,13 @@ class Session(asyncio.Protocol):
             transport.close()
 
     def _leave_router(self) -> None:
+        # Pumps first: a final flush into a receiver that is leaving, and a sender
+        # that goes back to its transport before the router forgets us.
+        if self.pump is not None:
+            self.pump.stop()
+        if self._inbound:
+            for pump in list(self._inbound):
+                pump.stop()
         if self._registered:
             self._registered = False
             self._router.release(self)

@@ -1,0 +1,213 @@
+"""Zero-copy forwarding for one-to-one raw sessions, with Linux ``splice(2)``.
+
+When a session sends to exactly one receiver and both are plain TCP in this
+process, its bytes need never enter Python: a :class:`Pump` moves them from the
+sender's socket into a kernel pipe and from the pipe into the receiver's socket.
+That saves two copies and the per-chunk Python work of the ordinary path.
+
+The ordinary path's rules still hold:
+
+* order: a pump starts only when the receiver's transport has nothing queued, so
+  nothing the sender routed before can be overtaken; other senders to the same
+  receiver keep writing through its transport, interleaved at arbitrary
+  boundaries as raw mode allows;
+* bounded memory: the pipe holds at most ``pipe_size`` bytes; when the receiver
+  does not read, the pump stops reading the sender (TCP pushes back on the
+  client) and the receiver's slow-receiver timer runs;
+* accounting: bytes are counted in and out as they enter the pipe; what is still
+  in the pipe when the receiver goes away is counted as dropped.
+
+Each pump works on ``dup()``-ed descriptors, because the event loop refuses to
+watch a descriptor that a transport owns. The sender's transport is paused for
+reading while the pump runs, and resumed if the pump stops before the sender
+does (its receiver left).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+from typing import TYPE_CHECKING
+
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .session import Session
+
+AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
+_ROUNDS = 4
+_FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
+
+
+class Pump:
+    """Moves one sender's bytes to one receiver through a kernel pipe."""
+
+    __slots__ = (
+        "sender",
+        "receiver",
+        "_loop",
+        "_src",
+        "_dst",
+        "_pipe_r",
+        "_pipe_w",
+        "_size",
+        "_queued",
+        "_stalled",
+        "_source_done",
+        "_source_error",
+        "_slow",
+        "_slow_timer",
+        "_closed",
+    )
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sender: Session,
+        receiver: Session,
+        src_fd: int,
+        dst_fd: int,
+        pipe_size: int,
+        slow_receiver_timeout: float,
+    ) -> None:
+        self.sender = sender
+        self.receiver = receiver
+        self._loop = loop
+        # Four descriptors per pump; out of descriptors (EMFILE), the caller
+        # keeps the ordinary path.
+        self._pipe_r, self._pipe_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            self._src = os.dup(src_fd)
+            try:
+                self._dst = os.dup(dst_fd)
+            except OSError:
+                os.close(self._src)
+                raise
+        except OSError:
+            os.close(self._pipe_r)
+            os.close(self._pipe_w)
+            raise
+        try:
+            # Larger than the default 64 KiB means fewer wake-ups per GiB; may be
+            # refused (pipe-user-pages-soft), and then the default still works.
+            self._size = fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, pipe_size)
+        except OSError:
+            self._size = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
+        self._queued = 0
+        self._stalled = False
+        self._source_done = False
+        self._source_error: str | None = None
+        self._slow = slow_receiver_timeout
+        self._slow_timer: asyncio.TimerHandle | None = None
+        self._closed = False
+        loop.add_reader(self._src, self._readable)
+
+    def _readable(self) -> None:
+        # Several rounds per wake-up while the sender keeps the socket full: each
+        # round is two system calls, a wake-up costs a trip through the loop.
+        for _ in range(_ROUNDS):
+            try:
+                n = os.splice(self._src, self._pipe_w, self._size - self._queued, flags=_FLAGS)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                self._end_of_source(str(exc) or type(exc).__name__)
+                return
+            if n == 0:
+                self._end_of_source(None)
+                return
+            self._queued += n
+            sender, receiver = self.sender, self.receiver
+            sender.bytes_in += n
+            receiver.bytes_out += n
+            sender.last_active = receiver.last_active = self._loop.time()
+            self._flush()
+            if self._queued or self._closed:
+                return
+
+    def _writable(self) -> None:
+        self._flush()
+
+    def _flush(self) -> None:
+        try:
+            while self._queued:
+                m = os.splice(self._pipe_r, self._dst, self._queued, flags=_FLAGS)
+                if m == 0:  # pragma: no cover - a socket never takes 0 of a non-empty pipe
+                    raise BlockingIOError
+                self._queued -= m
+        except BlockingIOError:
+            self._stall()
+            return
+        except OSError as exc:
+            # The receiver's socket failed; its session ends, and that stops us.
+            self.receiver.close(Outcome.RESET, str(exc) or type(exc).__name__, abort=True)
+            return
+        if self._stalled:
+            self._unstall()
+        if self._source_done:
+            self._finish_source()
+
+    def _stall(self) -> None:
+        if self._stalled:
+            return
+        self._stalled = True
+        if not self._source_done:
+            self._loop.remove_reader(self._src)
+        self._loop.add_writer(self._dst, self._writable)
+        self._slow_timer = self._loop.call_later(self._slow, self.receiver.too_slow)
+
+    def _unstall(self) -> None:
+        self._stalled = False
+        self._loop.remove_writer(self._dst)
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+        if not self._source_done:
+            self._loop.add_reader(self._src, self._readable)
+
+    def _end_of_source(self, error: str | None) -> None:
+        """The sender closed or failed: deliver what the pipe holds, then end its session."""
+        self._source_done = True
+        self._source_error = error
+        self._loop.remove_reader(self._src)
+        if not self._queued:
+            self._finish_source()
+
+    def _finish_source(self) -> None:
+        # Closing the sender's session stops this pump (Session._leave_router).
+        if self._source_error is None:
+            self.sender.close(Outcome.CLIENT_CLOSED)
+        else:
+            self.sender.close(Outcome.RESET, self._source_error, abort=True)
+
+    def stop(self) -> None:
+        """Close the pump; one last try to deliver what the pipe holds, the rest counts as dropped.
+
+        Idempotent. The sender goes back to the ordinary path.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._queued:
+            try:
+                while self._queued:
+                    m = os.splice(self._pipe_r, self._dst, self._queued, flags=_FLAGS)
+                    if m == 0:  # pragma: no cover
+                        break
+                    self._queued -= m
+            except OSError:
+                pass
+            self.receiver.dropped += self._queued
+        loop = self._loop
+        if self._stalled:
+            loop.remove_writer(self._dst)
+        elif not self._source_done:
+            loop.remove_reader(self._src)
+        if self._slow_timer is not None:
+            self._slow_timer.cancel()
+            self._slow_timer = None
+        for fd in (self._src, self._dst, self._pipe_r, self._pipe_w):
+            os.close(fd)
+        self.sender.pump_stopped(self)
+        self.receiver.inbound_pump_stopped(self)
