@@ -190,3 +190,23 @@ def test_hangup_must_be_a_boolean(server):
     c.read_line()
     c.send_json({"req": "hs3", "recvers": ["x"], "hangup": 1})
     assert '"hangup" must be true or false' in fail_reply(c, "bad_request")
+
+
+def test_tcp_keepalive_is_on_for_every_session(server):
+    """The server's end of an idle session has the keepalive timer running.
+
+    In /proc/net/tcp an idle established socket shows timer 0 (none) without
+    keepalive and 2 (keepalive) with it; 1 while sent bytes await their ACK.
+    """
+    c, _ = handshake(server, "kept", [])
+    local = f":{server.port:04X}"
+    remote = f":{c.sock.getsockname()[1]:04X}"
+    deadline = time.monotonic() + 5
+    while True:
+        with open("/proc/net/tcp") as f:
+            row = next(r.split() for r in f if r.split()[1].endswith(local) and r.split()[2].endswith(remote))
+        timer = row[5].split(":")[0]
+        if timer != "01" or time.monotonic() > deadline:  # wait out the hs4 ACK
+            break
+        time.sleep(0.01)  # poll the kernel table
+    assert timer == "02", row

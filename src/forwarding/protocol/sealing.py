@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import secrets
 
@@ -35,11 +36,12 @@ class SealError(Exception):
         self.desc = desc
 
 
+@functools.lru_cache(maxsize=16)
 def derive_key(secret: str) -> bytes:
     """scrypt(secret as UTF-8, salt "forwarding-handshake-v1", n=2^14, r=8, p=1) -> 32 bytes.
 
-    Costs about 16 MiB and tens of milliseconds: derive once per server, or once
-    per client connection, never per line.
+    Costs about 16 MiB and tens of milliseconds, so it is remembered: a client
+    that connects many times with one secret pays it once.
     """
     kdf = Scrypt(salt=SALT, length=KEY_BYTES, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P)
     return kdf.derive(secret.encode("utf-8"))

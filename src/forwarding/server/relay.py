@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
+import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -72,6 +74,10 @@ class Relay:
             backlog=4096,
         )
         self._servers.append(server)
+        for sock in server.sockets:
+            # Accepted connections inherit it: TCP keepalive on every session at
+            # no cost per connection.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         bound = [sock.getsockname()[:2] for sock in server.sockets]
         for host, port in bound:
             fields = {
@@ -79,6 +85,7 @@ class Relay:
                 "mode": self.config.mode.value,
                 "tls": ssl_context is not None,
                 "sealed": self.sealer is not None,
+                "max_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             }
             log.info("listening", extra={"fields": fields})
         return bound
@@ -172,6 +179,24 @@ async def serve_until_signalled(config: ServerConfig) -> None:
     log.info("stopped", extra={"fields": {"connections": relay.stats.connections}})
 
 
+def raise_open_file_limit(cap: int = 1 << 20) -> int:
+    """Lift the soft limit on open files to the hard one (as Go's runtime does).
+
+    Every connection is a descriptor, and a spliced sender four more; the usual
+    soft default of 1,024 would cap a relay far below what it can serve.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = cap if hard == resource.RLIM_INFINITY else min(hard, cap)
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):  # pragma: no cover - refused by the OS
+            pass
+    return soft
+
+
 def run(config: ServerConfig, loop: str = "auto") -> None:
+    raise_open_file_limit()
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         runner.run(serve_until_signalled(config))

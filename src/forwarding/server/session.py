@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
@@ -31,6 +30,43 @@ log = logging.getLogger("forwarding.session")
 
 class Session(asyncio.Protocol):
     """A client connection from accept to close."""
+
+    # Slots, and sets and lists made only when needed: an idle session is what a
+    # relay holds by the hundred thousand (docs/performance.md, idle sessions).
+    __slots__ = (
+        "_relay",
+        "_router",
+        "_loop",
+        "_config",
+        "chid",
+        "peer",
+        "recvers",
+        "idle_timeout",
+        "bytes_in",
+        "bytes_out",
+        "dropped",
+        "outcome",
+        "desc",
+        "opened_at",
+        "last_active",
+        "established",
+        "_transport",
+        "_ip",
+        "_admitted",
+        "_tls_pending",
+        "_hs",
+        "_registered",
+        "_waiting",
+        "_pending",
+        "_write",
+        "_write_paused",
+        "_blockers",
+        "_waiters",
+        "_timer",
+        "_slow_timer",
+        "pump",
+        "_inbound",
+    )
 
     def __init__(self, relay: Relay) -> None:
         self._relay = relay
@@ -59,11 +95,11 @@ class Session(asyncio.Protocol):
         self._waiting = False
         # Until hs4 is out, deliveries queue here and count as "over the mark",
         # so their senders pause after one read: bounded by fan-in x one read.
-        self._pending: list[bytes] = []
-        self._write: Callable[[bytes], None] = self._pending.append
+        self._pending: list[bytes] | None = None
+        self._write: Callable[[bytes], None] = self._hold
         self._write_paused = True
-        self._blockers: set[Sink] = set()  # receivers over their mark that this session sent to
-        self._waiters: set[Sink] = set()  # senders paused because of this session
+        self._blockers: set[Sink] | None = None  # receivers over their mark that this session sent to
+        self._waiters: set[Sink] | None = None  # senders paused because of this session
         self._timer: asyncio.TimerHandle | None = None
         self._slow_timer: asyncio.TimerHandle | None = None
         self.pump: Pump | None = None  # splices this session's bytes to its one receiver
@@ -80,9 +116,6 @@ class Session(asyncio.Protocol):
         if peer:
             host, port = peer[0], peer[1]
             self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         self._ip = peer[0] if peer else "?"
         refusal = self._relay.admission.admit(self._ip, self.opened_at)
         self._admitted = refusal is None
@@ -181,8 +214,15 @@ class Session(asyncio.Protocol):
         self._write(data)
         return self._write_paused
 
+    def _hold(self, data: bytes) -> None:
+        if self._pending is None:
+            self._pending = []
+        self._pending.append(data)
+
     def throttle(self, by: Sink) -> None:
-        if by in self._blockers:
+        if self._blockers is None:
+            self._blockers = set()
+        elif by in self._blockers:
             return
         self._blockers.add(by)
         by.add_waiter(self)
@@ -190,16 +230,20 @@ class Session(asyncio.Protocol):
             self._transport.pause_reading()
 
     def add_waiter(self, sender: Sink) -> None:
+        if self._waiters is None:
+            self._waiters = set()
         self._waiters.add(sender)
 
     def peer_left(self, chid: str) -> None:
         self.close(Outcome.PEER_LEFT, f"recver {quote(chid)} went offline")
 
     def discard_waiter(self, sender: Sink) -> None:
-        self._waiters.discard(sender)
+        if self._waiters is not None:
+            self._waiters.discard(sender)
 
     def unthrottle(self, by: Sink) -> None:
-        self._blockers.discard(by)
+        if self._blockers is not None:
+            self._blockers.discard(by)
         if not self._blockers and self.outcome is None and not self._waiting and self.pump is None:
             assert self._transport is not None
             self._transport.resume_reading()
@@ -268,6 +312,9 @@ class Session(asyncio.Protocol):
         assert hs is not None and self._transport is not None
         online = self._router.online(self.recvers) if self.recvers is not None else None
         trailing = hs.establish(online)
+        if self._timer is not None:  # the handshake deadline; the idle timer replaces it
+            self._timer.cancel()
+            self._timer = None
         if self._waiting:
             self._waiting = False
             self._router.unwatch(self._on_peer_online)
@@ -351,15 +398,14 @@ class Session(asyncio.Protocol):
         """Write hs4 and whatever was delivered while waiting, then go live."""
         transport = self._transport
         assert transport is not None
-        pending = self._pending
+        pending, self._pending = self._pending, None
         self._write = transport.write
         self._write_paused = False
         self.established = True
         if hs4:
             transport.write(hs4)
-        for chunk in pending:
+        for chunk in pending or ():
             transport.write(chunk)
-        pending.clear()
         self.last_active = self._loop.time()
         self._arm_idle_timer()
         log.info(
@@ -454,8 +500,8 @@ class Session(asyncio.Protocol):
             self._router.unwatch(self._on_peer_online)
 
     def _release_waiters(self) -> None:
-        waiters, self._waiters = self._waiters, set()
-        for sender in waiters:
+        waiters, self._waiters = self._waiters, None
+        for sender in waiters or ():
             sender.unthrottle(self)
 
     def _teardown(self) -> None:
@@ -465,11 +511,11 @@ class Session(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._slow_timer = None
-        self._pending.clear()
+        self._pending = None
         self._release_waiters()
-        for receiver in self._blockers:
+        blockers, self._blockers = self._blockers, None
+        for receiver in blockers or ():
             receiver.discard_waiter(self)
-        self._blockers.clear()
 
 
 def _recvers_text(recvers: tuple[str, ...] | None) -> str:

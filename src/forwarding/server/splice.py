@@ -107,8 +107,9 @@ class Pump:
         # Several rounds per wake-up while the sender keeps the socket full: each
         # round is two system calls, a wake-up costs a trip through the loop.
         for _ in range(_ROUNDS):
+            want = self._size - self._queued
             try:
-                n = os.splice(self._src, self._pipe_w, self._size - self._queued, flags=_FLAGS)
+                n = os.splice(self._src, self._pipe_w, want, flags=_FLAGS)
             except BlockingIOError:
                 return
             except OSError as exc:
@@ -123,7 +124,9 @@ class Pump:
             receiver.bytes_out += n
             sender.last_active = receiver.last_active = self._loop.time()
             self._flush()
-            if self._queued or self._closed:
+            # A short read means the socket is drained: another round would only
+            # cost a system call and an exception (this matters for latency).
+            if n < want or self._queued or self._closed:
                 return
 
     def _writable(self) -> None:
