@@ -17,6 +17,7 @@ from ..protocol.sealing import Sealer
 from ..routing.local import LocalRouter
 from . import splice
 from .admission import Admission
+from .deadlines import Deadlines
 from .outcome import Outcome
 from .session import Session
 from .tls import TlsProtocol
@@ -44,6 +45,7 @@ class Relay:
         self.router = LocalRouter()
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
+        self.deadlines = Deadlines(self.loop)  # idle timeouts, bucketed
         self.stats = Stats()
         self.admission = Admission(config.admission)
         # scrypt is deliberately slow: derive the key once, not per connection.

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
@@ -58,11 +57,11 @@ class Session(asyncio.Protocol):
         "_registered",
         "_waiting",
         "_pending",
-        "_write",
         "_write_paused",
         "_blockers",
         "_waiters",
         "_timer",
+        "_idle_slot",
         "_slow_timer",
         "pump",
         "_inbound",
@@ -96,11 +95,11 @@ class Session(asyncio.Protocol):
         # Until hs4 is out, deliveries queue here and count as "over the mark",
         # so their senders pause after one read: bounded by fan-in x one read.
         self._pending: list[bytes] | None = None
-        self._write: Callable[[bytes], None] = self._hold
         self._write_paused = True
         self._blockers: set[Sink] | None = None  # receivers over their mark that this session sent to
         self._waiters: set[Sink] | None = None  # senders paused because of this session
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # TLS and handshake deadlines
+        self._idle_slot: int | None = None  # our bucket in relay.deadlines once established
         self._slow_timer: asyncio.TimerHandle | None = None
         self.pump: Pump | None = None  # splices this session's bytes to its one receiver
         self._inbound: set[Pump] | None = None  # pumps that write into this session
@@ -211,13 +210,13 @@ class Session(asyncio.Protocol):
     def deliver(self, data: bytes) -> bool:
         self.bytes_out += len(data)
         self.last_active = self._loop.time()
-        self._write(data)
+        if self.established:
+            self._transport.write(data)  # type: ignore[union-attr]  # established => connected
+        elif self._pending is None:
+            self._pending = [data]
+        else:
+            self._pending.append(data)
         return self._write_paused
-
-    def _hold(self, data: bytes) -> None:
-        if self._pending is None:
-            self._pending = []
-        self._pending.append(data)
 
     def throttle(self, by: Sink) -> None:
         if self._blockers is None:
@@ -399,7 +398,6 @@ class Session(asyncio.Protocol):
         transport = self._transport
         assert transport is not None
         pending, self._pending = self._pending, None
-        self._write = transport.write
         self._write_paused = False
         self.established = True
         if hs4:
@@ -441,11 +439,11 @@ class Session(asyncio.Protocol):
             self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc, event.code)
 
     def _arm_idle_timer(self) -> None:
-        self._timer = self._loop.call_at(self.last_active + self.idle_timeout, self._idle_timer_fired)
+        self._idle_slot = self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
 
-    def _idle_timer_fired(self) -> None:
-        # Activity only stamps last_active; the timer re-arms for the time left.
-        self._timer = None
+    def deadline_passed(self) -> None:
+        # Activity only stamps last_active; the deadline is re-armed for the time left.
+        self._idle_slot = None
         if self.outcome is not None:
             return
         if self._loop.time() - self.last_active >= self.idle_timeout:
@@ -511,6 +509,9 @@ class Session(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._slow_timer = None
+        if self._idle_slot is not None:
+            self._relay.deadlines.discard(self, self._idle_slot)
+            self._idle_slot = None
         self._pending = None
         self._release_waiters()
         blockers, self._blockers = self._blockers, None
