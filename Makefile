@@ -33,5 +33,13 @@ unit: $(VENV)/.test-deps
 integration: $(VENV)/.test-deps
 	$(BIN)/pytest -q tests/integration
 
+# The benchmark suite: tables into docs/performance.md, charts into docs/img/.
+# socat is the peer to beat; it is installed when it can be (root with apt).
+bench: $(VENV)/.test-deps
+	@command -v socat >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq socat >/dev/null) ; } || \
+		echo "socat is not installed and cannot be: its columns will be missing"
+	$(BIN)/python -m benchmarks.run
+
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,307 @@
+"""What every scenario shares: the relay and socat as processes, clients, CPU and memory.
+
+The load generator runs in other processes than the relay, on blocking sockets
+with large buffers, so that it is not what a scenario measures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import socket
+import ssl
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from forwarding.protocol.client import ClientHandshake
+from forwarding.protocol.sealing import Sealer
+
+CHUNK = 256 * 1024
+SOCKBUF = 4 * 1024 * 1024
+SECRET = "bench-secret"
+
+
+def tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKBUF)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKBUF)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def connect(address: tuple[str, int], timeout: float = 10.0) -> socket.socket:
+    """Connect, retrying while a server starts (no probe: it would count as a client)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            sock = socket.create_connection(address)
+        except ConnectionRefusedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+            continue
+        tune(sock)
+        return sock
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def raise_nofile(n: int) -> bool:
+    """Raise this process's open-file limit to ``n``; False if the OS refuses."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, n), max(hard, n)))
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_kib(pid: int, field: str = "VmRSS") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for row in f:
+            if row.startswith(field + ":"):
+                return int(row.split()[1])
+    raise RuntimeError(f"no {field} for {pid}")
+
+
+def median(values: Iterable[float]) -> float:
+    return statistics.median(list(values))
+
+
+@dataclass
+class Security:
+    """How clients reach the relay: plain, with the sealed handshake, or over TLS."""
+
+    name: str = "plain"
+    server_args: tuple[str, ...] = ()
+    secret: str | None = None
+    ca: str | None = None
+
+    def sealer(self) -> Sealer | None:
+        return Sealer.from_secret(self.secret) if self.secret else None
+
+    def client_context(self) -> ssl.SSLContext | None:
+        if self.ca is None:
+            return None
+        ctx = ssl.create_default_context(cafile=self.ca)
+        return ctx
+
+
+def securities(tmp: Path) -> list[Security]:
+    """Plain, sealed and TLS set-ups; the TLS one with a throwaway CA made here."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from tests.integration.certs import CA  # the test suite's throwaway PKI
+
+    ca = CA(tmp, "bench-ca")
+    server = ca.issue("server", server=True)
+    return [
+        Security(),
+        Security("sealed", ("--secret", SECRET), secret=SECRET),
+        Security("tls", ("--tls-cert", str(server.cert), "--tls-key", str(server.key)), ca=str(ca.pair.cert)),
+    ]
+
+
+def open_session(
+    address: tuple[str, int],
+    chid: str | None,
+    recvers: list[str] | None,
+    security: Security | None = None,
+    sealer: Sealer | None = None,
+    wait: bool = False,
+) -> socket.socket:
+    """A handshaked blocking socket (TLS-wrapped when the set-up says so)."""
+    security = security or Security()
+    hs = ClientHandshake(chid, recvers, None, wait, sealer, False)
+    sock = connect(address)
+    ctx = security.client_context()
+    if ctx is not None:
+        sock = ctx.wrap_socket(sock, server_hostname="localhost")
+    buf = bytearray()
+    sock.sendall(hs.hs1() + hs.hs3() if hs.can_pipeline else hs.hs1())
+    hs.receive_hs2(_line(sock, buf))
+    if not hs.can_pipeline:
+        sock.sendall(hs.hs3())
+    hs.receive_hs4(_line(sock, buf))
+    assert not buf, "no data is sent before both sides are up"
+    return sock
+
+
+def _line(sock: socket.socket, buf: bytearray) -> bytes:
+    while (end := buf.find(b"\n")) < 0:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise EOFError("relay closed during the handshake")
+        buf += chunk
+    line = bytes(buf[: end + 1])
+    del buf[: end + 1]
+    return line
+
+
+def plain_handshake(sock: socket.socket, chid: str, recvers: list[str] | None, **options: object) -> None:
+    """The plain handshake in one write: cheap for clients that open thousands.
+
+    ``options`` go into hs3 as they are (``wait=True``, ``hangup=True``).
+    """
+    hs3: dict[str, object] = {"req": "hs3", **options}
+    if recvers is not None:
+        hs3["recvers"] = recvers
+    sock.sendall(json.dumps({"req": "hs1", "chid": chid}).encode() + b"\n" + json.dumps(hs3).encode() + b"\n")
+    buf = bytearray()
+    while buf.count(b"\n") < 2:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise EOFError("relay closed during the handshake")
+        buf += chunk
+    if b'"OK"' not in buf:
+        raise RuntimeError(f"handshake refused: {bytes(buf)!r}")
+
+
+def send_bytes(sock: socket.socket, size: int) -> None:
+    block = memoryview(os.urandom(CHUNK))
+    left = size
+    while left > 0:
+        n = min(left, CHUNK)
+        sock.sendall(block[:n])
+        left -= n
+
+
+def recv_bytes(sock: socket.socket, size: int) -> tuple[float, float]:
+    """Read ``size`` bytes; the monotonic times of the first and the last byte."""
+    buf = bytearray(CHUNK * 4)
+    got = sock.recv_into(buf)
+    if not got:
+        raise EOFError("closed before the first byte")
+    first = time.monotonic()
+    while got < size:
+        n = sock.recv_into(buf)
+        if not n:
+            raise EOFError(f"got {got} of {size}")
+        got += n
+    return first, time.monotonic()
+
+
+class Relay:
+    """``forwarding serve`` on a free loopback port, with limits raised for load."""
+
+    LOAD_FLAGS = (
+        "--max-connections",
+        "1000000",
+        "--max-connections-per-ip",
+        "1000000",
+        "--handshake-rate",
+        "1000000",
+        "--handshake-burst",
+        "1000000",
+    )
+
+    def __init__(self, *args: str, nofile: int | None = None) -> None:
+        self.port = free_port()
+        self.address = ("127.0.0.1", self.port)
+        cmd = [sys.executable, "-m", "forwarding", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        cmd += ["--log-level", "error", *self.LOAD_FLAGS, *args]
+
+        def limits() -> None:
+            if nofile:
+                raise_nofile(nofile)
+
+        self.proc = subprocess.Popen(cmd, preexec_fn=limits)
+        self.pid = self.proc.pid
+        self._wait_listening()
+
+    def _wait_listening(self) -> None:
+        # Poll the kernel's table, not the port: a probe connection would be a session.
+        deadline = time.monotonic() + 15
+        want = f":{self.port:04X} "
+        while time.monotonic() < deadline:
+            with open("/proc/net/tcp") as f:
+                if any(want in row and row.split()[3] == "0A" for row in f):
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"relay exited with {self.proc.returncode}")
+            time.sleep(0.02)
+        raise RuntimeError("relay did not start listening")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> Relay:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def have_socat() -> bool:
+    return shutil.which("socat") is not None
+
+
+class Socat:
+    """``socat -b 262144`` from a free port to ``target``: the tuned C relay to compare with."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.port = free_port()
+        self.address = ("127.0.0.1", self.port)
+        self.proc = subprocess.Popen(
+            [
+                "socat",
+                "-b",
+                str(CHUNK),
+                f"TCP-LISTEN:{self.port},bind=127.0.0.1,reuseaddr,nodelay",
+                f"TCP:{target[0]}:{target[1]},nodelay",
+            ]
+        )
+        self.pid = self.proc.pid
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+
+
+def scratch_dir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="forwarding-bench-"))
+
+
+@dataclass
+class Table:
+    """One scenario's results: Markdown rows for people, numbers for the charts."""
+
+    title: str
+    columns: list[str]
+    rows: list[list[str]]
+    notes: list[str]
+    data: dict[str, dict[str, float | None]]
+
+    def markdown(self) -> str:
+        out = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |"]
+        out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(self.columns))) + "|")
+        out += ["| " + " | ".join(row) + " |" for row in self.rows]
+        if self.notes:
+            out += [""] + self.notes
+        return "\n".join(out) + "\n"
+
+
+def fmt(value: float | None, digits: int = 2) -> str:
+    return "" if value is None else f"{value:,.{digits}f}"

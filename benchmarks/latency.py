@@ -1,0 +1,125 @@
+"""Scenario 3, latency: 64-byte ping-pong, direct vs the relay vs socat.
+
+An echo process sends back every 64-byte message; this process times each round
+trip. Percentiles are over all round trips of all runs, in microseconds.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import time
+from multiprocessing.queues import Queue
+
+from .common import Relay, Socat, Table, connect, fmt, have_socat, plain_handshake, tune
+
+MSG = 64
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            raise EOFError
+        buf += chunk
+    return buf
+
+
+def _echo_listening(q: Queue[object]) -> None:
+    listener = socket.create_server(("127.0.0.1", 0))
+    q.put(listener.getsockname())
+    conn, _ = listener.accept()
+    tune(conn)
+    _echo(conn)
+
+
+def _echo_relayed(address: tuple[str, int], q: Queue[object]) -> None:
+    sock = connect(address)
+    plain_handshake(sock, "echo", ["ping"], hangup=True)  # ends when the pinger leaves
+    q.put("ready")
+    _echo(sock)
+
+
+def _echo(sock: socket.socket) -> None:
+    try:
+        while True:
+            sock.sendall(_recv_exactly(sock, MSG))
+    except (EOFError, ConnectionError):
+        sock.close()
+
+
+def _pingpong(sock: socket.socket, rounds: int, warmup: int) -> list[float]:
+    msg = bytes(MSG)
+    out = []
+    for i in range(warmup + rounds):
+        t0 = time.perf_counter_ns()
+        sock.sendall(msg)
+        _recv_exactly(sock, MSG)
+        if i >= warmup:
+            out.append((time.perf_counter_ns() - t0) / 1000)
+    sock.close()
+    return out
+
+
+def direct(rounds: int, warmup: int) -> list[float]:
+    q: Queue[object] = mp.Queue()
+    p = mp.Process(target=_echo_listening, args=(q,))
+    p.start()
+    samples = _pingpong(connect(q.get(timeout=30)), rounds, warmup)
+    p.join(30)
+    return samples
+
+
+def via_socat(rounds: int, warmup: int) -> list[float]:
+    q: Queue[object] = mp.Queue()
+    p = mp.Process(target=_echo_listening, args=(q,))
+    p.start()
+    socat = Socat(q.get(timeout=30))
+    samples = _pingpong(connect(socat.address), rounds, warmup)
+    p.join(30)
+    socat.close()
+    return samples
+
+
+def via_relay(rounds: int, warmup: int, relay: Relay) -> list[float]:
+    sock = connect(relay.address)
+    plain_handshake(sock, "ping", ["echo"])
+    q: Queue[object] = mp.Queue()
+    p = mp.Process(target=_echo_relayed, args=(relay.address, q))
+    p.start()
+    assert q.get(timeout=30) == "ready"  # its hs4 is out, so it is routable
+    samples = _pingpong(sock, rounds, warmup)
+    p.join(30)
+    return samples
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
+
+
+def run(rounds: int = 20000, warmup: int = 1000, runs: int = 3) -> Table:
+    samples: dict[str, list[float]] = {"direct": [], "relay": [], "relay --no-splice": []}
+    socat = have_socat()
+    if socat:
+        samples["socat -b 262144"] = []
+    with Relay() as spliced, Relay("--no-splice") as plain:
+        for _ in range(runs):
+            samples["direct"] += direct(rounds, warmup)
+            samples["relay"] += via_relay(rounds, warmup, spliced)
+            samples["relay --no-splice"] += via_relay(rounds, warmup, plain)
+            if socat:
+                samples["socat -b 262144"] += via_socat(rounds, warmup)
+    data: dict[str, dict[str, float | None]] = {
+        name: {"p50": percentile(s, 50), "p99": percentile(s, 99), "p99.9": percentile(s, 99.9)}
+        for name, s in samples.items()
+    }
+    rows = [[name, fmt(d["p50"], 0), fmt(d["p99"], 0), fmt(d["p99.9"], 0)] for name, d in data.items()]
+    return Table(
+        "3. Latency (64-byte ping-pong, round trip)",
+        ["path", "p50 µs", "p99 µs", "p99.9 µs"],
+        rows,
+        [f"{rounds} round trips per run after {warmup} warm-up, {runs} runs alternating, all samples pooled."],
+        data,
+    )

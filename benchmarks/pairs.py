@@ -1,0 +1,111 @@
+"""Scenario 6 (and 7), many pairs at once: 200 pairs move 4 MiB each, plain, sealed and TLS.
+
+Four client processes hold 50 pairs each, one thread per socket. All sessions
+are up before the first byte moves. Reported: total MB/s (every pair's bytes
+over the time from the start signal to the last byte anywhere) and the relay's
+peak resident memory while they ran. Direct: the same pairs without a relay.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import socket
+import threading
+import time
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+
+from .common import Relay, Security, Table, connect, fmt, median, open_session, recv_bytes, rss_kib, send_bytes, tune
+
+
+def _worker(
+    address: tuple[str, int] | None,
+    security: Security,
+    first: int,
+    count: int,
+    size: int,
+    barrier: Barrier,
+    q: Queue[object],
+) -> None:
+    sealer = security.sealer()
+    pairs: list[tuple[socket.socket, socket.socket]] = []
+    if address is None:  # direct: our own listener
+        listener = socket.create_server(("127.0.0.1", 0), backlog=count)
+        tune(listener)
+        for _ in range(count):
+            tx = connect(listener.getsockname())
+            pairs.append((tx, listener.accept()[0]))
+    else:
+        for i in range(first, first + count):
+            rx = open_session(address, f"rx{i}", [f"tx{i}"], security, sealer)
+            tx = open_session(address, f"tx{i}", [f"rx{i}"], security, sealer)
+            pairs.append((tx, rx))
+    ends: list[float] = []
+
+    def receive(sock: socket.socket) -> None:
+        ends.append(recv_bytes(sock, size)[1])
+
+    threads = [threading.Thread(target=receive, args=(rx,)) for _, rx in pairs]
+    threads += [threading.Thread(target=send_bytes, args=(tx, size)) for tx, _ in pairs]
+    barrier.wait(120)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    q.put(max(ends))
+    for tx, rx in pairs:
+        tx.close()
+        rx.close()
+
+
+def measure(relay: Relay | None, security: Security, pairs: int, size: int, workers: int = 4) -> dict[str, float]:
+    q: Queue[object] = mp.Queue()
+    barrier = mp.Barrier(workers + 1)
+    share = pairs // workers
+    address = relay.address if relay else None
+    procs = [
+        mp.Process(target=_worker, args=(address, security, w * share, share, size, barrier, q)) for w in range(workers)
+    ]
+    for p in procs:
+        p.start()
+    barrier.wait(120)
+    start = time.monotonic()
+    base = rss_kib(relay.pid) if relay else 0
+    peak = base
+    ends: list[float] = []
+    while len(ends) < workers:
+        if relay:
+            peak = max(peak, rss_kib(relay.pid))
+        try:
+            ends.append(q.get(timeout=0.005))  # type: ignore[arg-type]
+        except Exception:  # queue.Empty
+            continue
+    for p in procs:
+        p.join(60)
+    return {
+        "mbps": workers * share * size / (max(ends) - start) / 1e6,
+        "peak_mib": peak / 1024,
+        "base_mib": base / 1024,
+    }
+
+
+def run(securities: list[Security], pairs: int = 200, size: int = 4 << 20, runs: int = 3) -> Table:
+    data: dict[str, dict[str, float | None]] = {}
+    direct = median(measure(None, Security(), pairs, size)["mbps"] for _ in range(runs))
+    data["direct"] = {"mbps": direct, "peak_mib": None}
+    rows = [["direct", fmt(direct, 0), "1.00", "", ""]]
+    for security in securities:
+        with Relay(*security.server_args) as relay:
+            results = [measure(relay, security, pairs, size) for _ in range(runs)]
+        mbps = median(r["mbps"] for r in results)
+        peak = max(r["peak_mib"] for r in results)
+        base = min(r["base_mib"] for r in results)
+        data[f"relay {security.name}"] = {"mbps": mbps, "peak_mib": peak}
+        rows.append([f"relay, {security.name}", fmt(mbps, 0), fmt(mbps / direct), fmt(base, 0), fmt(peak, 0)])
+    return Table(
+        f"6. {pairs} concurrent pairs, {size >> 20} MiB each",
+        ["path", "total MB/s", "vs direct", "relay RSS before, MiB", "relay peak RSS, MiB"],
+        rows,
+        [f"{runs} runs per set-up, medians of MB/s, highest peak. TLS sessions are not spliced."],
+        data,
+    )

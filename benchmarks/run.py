@@ -1,0 +1,193 @@
+"""``make bench``: every scenario, side by side with its peers, into docs/performance.md.
+
+    python -m benchmarks.run                  # the full suite (a few minutes)
+    python -m benchmarks.run --smoke --out D  # tiny sizes, report in D (what `make test` runs)
+    python -m benchmarks.run --only latency   # one scenario
+
+The generated tables replace what is between the ``bench:begin`` and
+``bench:end`` markers of the report; charts go to ``img/`` next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from . import fanout, handshakes, idle, latency, pairs, throughput
+from .common import Table, fmt, have_socat, scratch_dir, securities
+
+ROOT = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+
+
+def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
+    sec = securities(tmp)
+    if smoke:
+        return {
+            "throughput": lambda: throughput.run(size=4 << 20, runs=1),
+            "fanout": lambda: fanout.run(fan=(2,), delivered=4 << 20, runs=1),
+            "latency": lambda: latency.run(rounds=50, warmup=5, runs=1),
+            "idle": lambda: idle.run(counts=(200,)),
+            "handshakes": lambda: handshakes.run(sec, seconds=0.3),
+            "pairs": lambda: pairs.run(sec, pairs=8, size=256 << 10, runs=1),
+        }
+    return {
+        "throughput": lambda: throughput.run(runs=5),
+        "fanout": lambda: fanout.run(),
+        "latency": lambda: latency.run(),
+        "idle": lambda: idle.run(),
+        "handshakes": lambda: handshakes.run(sec),
+        "pairs": lambda: pairs.run(sec, runs=5),
+    }
+
+
+def charts(tables: dict[str, Table], img: Path) -> list[str]:
+    """Bar charts of throughput and latency; returns the Markdown that shows them."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img.mkdir(parents=True, exist_ok=True)
+    shown = []
+    if "throughput" in tables:
+        data = tables["throughput"].data
+        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.6))
+        names = list(data)
+        ax1.barh(names, [data[n]["mbps"] or 0 for n in names], color="#4c72b0")
+        ax1.set_xlabel("MB/s (higher is better)")
+        ax1.invert_yaxis()
+        relays = [n for n in names if data[n]["cpu_per_gib"] is not None]
+        ax2.barh(relays, [data[n]["cpu_per_gib"] or 0 for n in relays], color="#dd8452")
+        ax2.set_xlabel("relay CPU seconds per GiB (lower is better)")
+        ax2.invert_yaxis()
+        fig.suptitle("One-to-one throughput (medians)")
+        fig.tight_layout()
+        fig.savefig(img / "throughput.png", dpi=100)
+        plt.close(fig)
+        shown.append("![one-to-one throughput](img/throughput.png)")
+    if "latency" in tables:
+        data = tables["latency"].data
+        fig, ax = plt.subplots(figsize=(10, 3.6))
+        names = list(data)
+        width = 0.27
+        for k, p in enumerate(("p50", "p99", "p99.9")):
+            xs = [i + (k - 1) * width for i in range(len(names))]
+            ax.bar(xs, [data[n][p] or 0 for n in names], width, label=p)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_ylabel("round trip, µs (lower is better)")
+        ax.set_title("64-byte ping-pong")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(img / "latency.png", dpi=100)
+        plt.close(fig)
+        shown.append("![latency](img/latency.png)")
+    return shown
+
+
+def targets(tables: dict[str, Table]) -> Table | None:
+    """The targets of docs/performance.md, checked against this run's figures."""
+    rows: list[list[str]] = []
+
+    def check(what: str, target: str, value: float | None, ok: bool | None, digits: int = 2) -> None:
+        verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
+        rows.append([what, target, fmt(value, digits), verdict])
+
+    tp = tables.get("throughput")
+    socat = tp.data.get("socat -b 262144") if tp else None
+    if tp and socat:
+        relay = tp.data["relay"]
+        mb = (relay["mbps"] or 0) / (socat["mbps"] or 1)
+        cpu = (relay["cpu_per_gib"] or 0) / (socat["cpu_per_gib"] or 1)
+        check("one-to-one MB/s, relay / socat", ">= 1.2", mb, mb >= 1.2)
+        check("one-to-one CPU per GiB, relay / socat", "<= 0.5", cpu, cpu <= 0.5)
+    fo = tables.get("fanout")
+    if fo:
+        for name, d in fo.data.items():
+            ratio = (d["relay_mbps"] or 0) / (d["direct_mbps"] or 1)
+            check(f"fan-out {name} MB/s, relay / direct", ">= 1.0", ratio, ratio >= 1.0)
+            if socat:
+                cpu = (d["relay_cpu_per_gib"] or 0) / (socat["cpu_per_gib"] or 1)
+                check(f"fan-out {name} CPU per delivered GiB / socat's per GiB", "<= 1.0", cpu, cpu <= 1.0)
+    lat = tables.get("latency")
+    if lat and "socat -b 262144" in lat.data:
+        for p in ("p50", "p99"):
+            ratio = (lat.data["relay"][p] or 0) / (lat.data["socat -b 262144"][p] or 1)
+            check(f"latency {p}, relay / socat", "<= 1.0", ratio, ratio <= 1.0)
+    idle_t = tables.get("idle")
+    if idle_t:
+        for n, d in idle_t.data.items():
+            per = d["kib_per_session"]
+            check(
+                f"bytes per idle session at {int(n):,}",
+                "<= 2048",
+                None if per is None else per * 1024,
+                None if per is None else per * 1024 <= 2048,
+                0,
+            )
+    hs = tables.get("handshakes")
+    if hs and "plain" in hs.data:
+        rate = hs.data["plain"]["per_cpu_second"]
+        check("plain handshakes per relay CPU second", ">= 5000", rate, rate is not None and rate >= 5000, 0)
+    if not rows:
+        return None
+    return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
+
+
+def report(tables: dict[str, Table], shown: list[str], seconds: float) -> str:
+    head = [
+        f"Generated by `make bench` on {time.strftime('%Y-%m-%d')}: {platform.machine()}, "
+        f"{os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}, "
+        f"socat {'present' if have_socat() else 'missing'}; {seconds:.0f} s in all.",
+        "",
+    ]
+    checked = targets(tables)
+    body = ([checked.markdown()] if checked else []) + [t.markdown() for t in tables.values()]
+    return "\n".join([*head, *shown, "", *body])
+
+
+def write(report_text: str, path: Path) -> None:
+    if path.exists() and BEGIN in (old := path.read_text()):
+        before, rest = old.split(BEGIN, 1)
+        after = rest.split(END, 1)[1] if END in rest else ""
+        path.write_text(f"{before}{BEGIN}\n{report_text}\n{END}{after}")
+    else:
+        path.write_text(f"# Benchmark results\n\n{BEGIN}\n{report_text}\n{END}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes: checks that the code runs, measures nothing")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs", help="directory of performance.md and img/")
+    ap.add_argument("--only", action="append", help="run only this scenario (repeatable)")
+    args = ap.parse_args(argv)
+    # Children must not inherit the sockets this process holds: a copy would keep
+    # a connection open after we close it.
+    mp.set_start_method("forkserver")
+    tmp = scratch_dir()
+    todo = scenarios(args.smoke, tmp)
+    tables: dict[str, Table] = {}
+    t0 = time.monotonic()
+    for name, scenario in todo.items():
+        if args.only and name not in args.only:
+            continue
+        print(f"== {name}", flush=True)
+        tables[name] = scenario()
+        print(tables[name].markdown(), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    shown = charts(tables, args.out / "img")
+    write(report(tables, shown, time.monotonic() - t0), args.out / "performance.md")
+    (args.out / "img" / "bench.json").write_text(json.dumps({k: t.data for k, t in tables.items()}, indent=1))
+    print(f"wrote {args.out / 'performance.md'}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
