@@ -14,8 +14,10 @@ The client library::
 
 from . import sync
 from .client.connection import Channel, connect
+from .client.framed import FramedChannel, Presence, connect_framed
 from .errors import (
     ChidInUse,
+    CommandRejected,
     ConnectionClosed,
     ConnectionRefused,
     Error,
@@ -24,6 +26,7 @@ from .errors import (
     IntegrityError,
     ProtocolViolation,
     RecversOffline,
+    SessionClosed,
     WrongSecret,
 )
 
@@ -32,15 +35,20 @@ __version__ = "0.1.0"
 __all__ = [
     "Channel",
     "ChidInUse",
+    "CommandRejected",
     "ConnectionClosed",
     "ConnectionRefused",
     "Error",
+    "FramedChannel",
     "HandshakeRefused",
     "HandshakeTimeout",
     "IntegrityError",
+    "Presence",
     "ProtocolViolation",
     "RecversOffline",
+    "SessionClosed",
     "WrongSecret",
     "connect",
+    "connect_framed",
     "sync",
 ]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from . import __version__, logs
 from .config import Mode, ServerConfig
+from .protocol.frames import MIN_MAX_FRAME
 from .protocol.handshake import HandshakeLimits
 from .protocol.sealing import new_secret
 from .server.admission import AdmissionLimits
@@ -99,6 +100,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"disconnect a client that stays above the high mark this long (default {d.slow_receiver_timeout:g})",
     )
     p.add_argument(
+        "--max-frame",
+        type=_size,
+        default=lim.max_frame,
+        metavar="BYTES",
+        help=f"largest frame payload in framed mode, announced in hs4; at least 64K (default {lim.max_frame})",
+    )
+    p.add_argument(
+        "--admin-socket",
+        metavar="PATH",
+        help="Unix socket for `forwarding admin` (list and close sessions, reload); mode 0600",
+    )
+    p.add_argument(
         "--no-splice",
         dest="splice",
         action="store_false",
@@ -167,7 +180,10 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         max_line=args.max_handshake_line,
         default_idle_timeout=min(args.idle_timeout, args.max_idle_timeout),
         max_idle_timeout=args.max_idle_timeout,
+        max_frame=args.max_frame,
     )
+    if args.max_frame < MIN_MAX_FRAME:
+        raise SystemExit(f"forwarding serve: --max-frame must be at least {MIN_MAX_FRAME}")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("forwarding serve: --tls-cert and --tls-key go together")
     if args.tls_client_ca and not args.tls_cert:
@@ -193,6 +209,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         slow_receiver_timeout=args.slow_receiver_timeout,
         shutdown_grace=args.shutdown_grace,
         splice=args.splice,
+        admin_socket=args.admin_socket,
     )
 
 
@@ -234,6 +251,21 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_client_flags(p, "the chid the sender sends to", to=False)
     p.add_argument("-o", "--output", help="where to write it (default: the sender's file name; - for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser(
+        "chat",
+        help="a terminal group chat (framed mode): who said what, who comes and goes",
+        description="Join the relay in framed mode: each line you type goes to --to (or everyone), "
+        "each message arrives with its sender, and peers joining and leaving are announced.",
+    )
+    add_client_flags(p, "your name in the chat (default: generated)")
+    p = sub.add_parser(
+        "admin",
+        help="talk to a running relay's --admin-socket: sessions, close CHID, reload",
+        description="List a running relay's sessions, close one, or make it re-read its configuration.",
+    )
+    p.add_argument("socket", metavar="PATH", help="the relay's --admin-socket")
+    p.add_argument("action", choices=["sessions", "close", "reload"])
+    p.add_argument("chid", nargs="?", help="for close: the session to close")
 
 
 def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:
@@ -263,11 +295,18 @@ def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | Non
 
 def _run_tool(args: argparse.Namespace) -> int:
     from .errors import Error
-    from .tools import bridge, pipe, transfer
+    from .tools import admin, bridge, chat, pipe, transfer
 
     if args.command == "bridge":
         logs.configure("info" if args.verbose else "warning")
-    runners = {"connect": pipe.run, "bridge": bridge.run, "send": transfer.run_send, "recv": transfer.run_recv}
+    runners = {
+        "connect": pipe.run,
+        "bridge": bridge.run,
+        "send": transfer.run_send,
+        "recv": transfer.run_recv,
+        "chat": chat.run,
+        "admin": admin.run,
+    }
     try:
         return runners[args.command](args)
     except (Error, OSError, ValueError) as exc:
@@ -277,19 +316,29 @@ def _run_tool(args: argparse.Namespace) -> int:
         return 130
 
 
+def _reread(argv: Sequence[str] | None) -> ServerConfig:
+    """The configuration as the command line and the --config file say now (reload, SIGHUP)."""
+    parser, serve = _parser()
+    try:
+        _apply_config_file(serve, argv)
+        return _serve_config(parser.parse_args(argv))
+    except SystemExit as exc:  # a broken file is reported, not fatal, on reload
+        raise ValueError(str(exc.code)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     parser, serve = _parser()
     _apply_config_file(serve, argv)
     args = parser.parse_args(argv)
     if args.command == "keygen":
         print(new_secret())
-    elif args.command in ("connect", "bridge", "send", "recv"):
+    elif args.command in ("connect", "bridge", "send", "recv", "chat", "admin"):
         sys.exit(_run_tool(args))
     elif args.command == "serve":
         config = _serve_config(args)
         logs.configure(args.log_level, args.log_format)
         from .server.relay import run
 
-        run(config, args.loop)
+        run(config, args.loop, reloader=lambda: _reread(argv))
     else:  # pragma: no cover - argparse rejects unknown commands
         sys.exit(2)

@@ -56,3 +56,5 @@ class ServerConfig:
     tls_key: str | None = None
     tls_client_ca: str | None = None
     """PEM CA bundle; clients must present a certificate it signed."""
+    admin_socket: str | None = None
+    """Unix socket for ``forwarding admin``: list sessions, close one, reload."""

@@ -58,6 +58,19 @@ class ConnectionClosed(Error):
     """The connection closed before the handshake completed."""
 
 
+class CommandRejected(Error):
+    """The relay answered a framed-mode command with ``ok: false``; the session goes on."""
+
+
+class SessionClosed(ConnectionClosed):
+    """The relay ended a framed session and said why (``code``, ``desc``)."""
+
+    def __init__(self, code: str, desc: str) -> None:
+        super().__init__(f"{desc} ({code})")
+        self.code = code
+        self.desc = desc
+
+
 class IntegrityError(Error):
     """Data failed an end-to-end check: wrong key, tampering or truncation."""
 

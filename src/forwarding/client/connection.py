@@ -10,7 +10,7 @@ import asyncio
 import ssl
 from collections.abc import AsyncIterator, Generator
 from types import TracebackType
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from ..errors import ConnectionClosed, HandshakeTimeout
 from ..protocol.client import ClientHandshake, Established
@@ -18,6 +18,13 @@ from ..protocol.sealing import Sealer
 from .address import parse_address
 
 MAX_LINE = 64 * 1024
+
+
+class _Closable(Protocol):
+    async def close(self) -> None: ...
+
+
+C = TypeVar("C", bound=_Closable)
 
 
 class Channel:
@@ -73,16 +80,10 @@ class Channel:
         await self.close()
 
 
-class connect:
-    """Connect to a relay and do the handshake.
+class _Connector(Generic[C]):
+    """The handshake, shared by :class:`connect` and :class:`connect_framed`."""
 
-    ``await connect(...)`` gives a :class:`Channel`; ``async with connect(...) as ch``
-    also closes it. ``recvers=None`` broadcasts; ``wait=True`` holds the handshake
-    until every receiver is online (:class:`~forwarding.errors.RecversOffline` if
-    they are not within the relay's handshake timeout). ``secret`` seals the
-    handshake; ``tls`` is an :class:`ssl.SSLContext`, or ``True`` for the default one.
-    ``hangup=True`` asks the relay to end this session when a named receiver leaves.
-    """
+    _framed = False
 
     def __init__(
         self,
@@ -98,18 +99,22 @@ class connect:
         hangup: bool = False,
     ) -> None:
         self._address = parse_address(address) if isinstance(address, str) else address
-        self._hs = ClientHandshake(chid, recvers, timeout, wait, Sealer.from_secret(secret) if secret else None, hangup)
+        sealer = Sealer.from_secret(secret) if secret else None
+        self._hs = ClientHandshake(chid, recvers, timeout, wait, sealer, hangup, self._framed)
         self._tls = ssl.create_default_context() if tls is True else (tls or None)
         self._open_timeout = open_timeout
-        self._channel: Channel | None = None
+        self._channel: C | None = None
 
-    async def _open(self) -> Channel:
+    def _wrap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hs4: Established) -> C:
+        raise NotImplementedError
+
+    async def _open(self) -> C:
         try:
             return await asyncio.wait_for(self._handshake(), self._open_timeout)
         except TimeoutError:
             raise HandshakeTimeout(f"no handshake with {self._address[0]}:{self._address[1]} in time") from None
 
-    async def _handshake(self) -> Channel:
+    async def _handshake(self) -> C:
         host, port = self._address
         reader, writer = await asyncio.open_connection(host, port, ssl=self._tls, limit=MAX_LINE)
         hs = self._hs
@@ -123,12 +128,12 @@ class connect:
         except BaseException:
             writer.close()
             raise
-        return Channel(reader, writer, hs4)
+        return self._wrap(reader, writer, hs4)
 
-    def __await__(self) -> Generator[Any, None, Channel]:
+    def __await__(self) -> Generator[Any, None, C]:
         return self._open().__await__()
 
-    async def __aenter__(self) -> Channel:
+    async def __aenter__(self) -> C:
         self._channel = await self._open()
         return self._channel
 
@@ -137,6 +142,21 @@ class connect:
     ) -> None:
         if self._channel is not None:
             await self._channel.close()
+
+
+class connect(_Connector[Channel]):
+    """Connect to a relay and do the handshake.
+
+    ``await connect(...)`` gives a :class:`Channel`; ``async with connect(...) as ch``
+    also closes it. ``recvers=None`` broadcasts; ``wait=True`` holds the handshake
+    until every receiver is online (:class:`~forwarding.errors.RecversOffline` if
+    they are not within the relay's handshake timeout). ``secret`` seals the
+    handshake; ``tls`` is an :class:`ssl.SSLContext`, or ``True`` for the default one.
+    ``hangup=True`` asks the relay to end this session when a named receiver leaves.
+    """
+
+    def _wrap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hs4: Established) -> Channel:
+        return Channel(reader, writer, hs4)
 
 
 async def _line(reader: asyncio.StreamReader) -> bytes:

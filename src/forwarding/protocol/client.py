@@ -21,6 +21,8 @@ class Established:
     chid: str
     timeout: float | None
     online: list[str] | None = field(default=None)
+    max_frame: int | None = None
+    """Framed mode: the largest frame payload the relay accepts."""
 
 
 class ClientHandshake:
@@ -32,8 +34,10 @@ class ClientHandshake:
         wait: bool = False,
         sealer: Sealer | None = None,
         hangup: bool = False,
+        framed: bool = False,
     ) -> None:
         self.hangup = hangup
+        self.framed = framed
         self.chid = chid
         self.recvers = recvers
         self.timeout = timeout
@@ -74,6 +78,8 @@ class ClientHandshake:
             msg["wait"] = True
         if self.hangup:
             msg["hangup"] = True
+        if self.framed:
+            msg["mode"] = "framed"
         if self._challenge is not None:
             msg["challenge"] = self._challenge
         return self._line(msg, "hs3")
@@ -84,10 +90,14 @@ class ClientHandshake:
             raise ProtocolViolation(f"hs4 result is {reply.get('result')!r}")
         online = reply.get("online")
         timeout = reply.get("timeout")
+        max_frame = reply.get("max_frame")
+        if self.framed and (reply.get("mode") != "framed" or not isinstance(max_frame, int)):
+            raise ProtocolViolation("the relay did not accept framed mode (is it an older server?)")
         return Established(
             chid=str(reply.get("chid", self.chid)),
             timeout=float(timeout) if isinstance(timeout, int | float) else None,
             online=[str(c) for c in online] if isinstance(online, list) else None,
+            max_frame=max_frame if isinstance(max_frame, int) else None,
         )
 
     def _line(self, msg: dict[str, Any], step: str) -> bytes:

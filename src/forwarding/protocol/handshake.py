@@ -52,6 +52,8 @@ class HandshakeLimits:
     """Idle timeout for a session whose hs3 names none."""
     max_idle_timeout: float = 86400.0
     """Largest idle timeout a client may ask for; larger asks are lowered to it."""
+    max_frame: int = 1 << 20
+    """Largest frame payload a framed session may send; announced in hs4."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +72,7 @@ class Hs3Received:
     """The idle timeout that applies: asked for, or the default, capped by the maximum."""
     wait: bool
     hangup: bool = False
+    framed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +116,8 @@ class ServerHandshake:
         self.chid: str | None = None
         self.idle_timeout = limits.default_idle_timeout
         """The idle timeout that applies once hs3 is in."""
+        self.framed = False
+        """hs3 asked for framed mode."""
         self.deadline: float | None = now + limits.handshake_timeout
         """When the handshake expires; ``None`` once it is over."""
         self._lines = LineBuffer(limits.max_line)
@@ -152,7 +157,8 @@ class ServerHandshake:
         if isinstance(request, Hs1):
             return Hs1Received(request.chid)
         self.idle_timeout = self._idle_timeout(request)
-        return Hs3Received(request.recvers, self.idle_timeout, request.wait, request.hangup)
+        self.framed = request.framed
+        return Hs3Received(request.recvers, self.idle_timeout, request.wait, request.hangup, request.framed)
 
     def handle_timeout(self, now: float) -> Failed | None:
         """Fail the handshake if its deadline has passed."""
@@ -174,7 +180,8 @@ class ServerHandshake:
         assert self.chid is not None
         self.state = State.ESTABLISHED
         self.deadline = None
-        self._reply("hs4", hs4_ok(self.chid, self.idle_timeout, online))
+        max_frame = self.limits.max_frame if self.framed else None
+        self._reply("hs4", hs4_ok(self.chid, self.idle_timeout, online, max_frame))
         return self._lines.take_rest()
 
     def fail(self, desc: str, code: str = "bad_request") -> Failed:

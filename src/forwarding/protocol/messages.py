@@ -61,6 +61,8 @@ class Hs3:
     """The challenge from hs2, echoed back (encrypted handshake only)."""
     hangup: bool = False
     """Close this session as soon as one of its named receivers goes offline."""
+    framed: bool = False
+    """``"mode": "framed"``: after hs4 both directions are frames (docs/protocol.md, section 12)."""
 
 
 Request = Hs1 | Hs3
@@ -105,22 +107,26 @@ def _parse_hs1(obj: dict[str, Any]) -> Hs1:
     return Hs1(chid=chid)
 
 
+def parse_recvers(recvers: object) -> tuple[str, ...] | None:
+    """A ``recvers`` value: chids, duplicates removed, in order; ``None`` for broadcast."""
+    if recvers is None:
+        return None
+    if not isinstance(recvers, list):
+        raise HandshakeError('"recvers" must be a list of chids')
+    if len(recvers) > MAX_RECVERS:
+        raise HandshakeError(f'"recvers" names {len(recvers)} chids, the limit is {MAX_RECVERS}')
+    for r in recvers:
+        if not isinstance(r, str):
+            raise HandshakeError('"recvers" must be a list of strings')
+        problem = chid_problem(r)
+        if problem is not None:
+            raise HandshakeError(f"in recvers: {problem}")
+    # An empty list means broadcast, as an absent one does (the seed's rule).
+    return tuple(dict.fromkeys(recvers)) or None
+
+
 def _parse_hs3(obj: dict[str, Any]) -> Hs3:
-    recvers = obj.get("recvers")
-    names: tuple[str, ...] | None = None
-    if recvers is not None:
-        if not isinstance(recvers, list):
-            raise HandshakeError('"recvers" must be a list of chids')
-        if len(recvers) > MAX_RECVERS:
-            raise HandshakeError(f'"recvers" names {len(recvers)} chids, the limit is {MAX_RECVERS}')
-        for r in recvers:
-            if not isinstance(r, str):
-                raise HandshakeError('"recvers" must be a list of strings')
-            problem = chid_problem(r)
-            if problem is not None:
-                raise HandshakeError(f"in recvers: {problem}")
-        # An empty list means broadcast, as an absent one does (the seed's rule).
-        names = tuple(dict.fromkeys(recvers)) or None
+    names = parse_recvers(obj.get("recvers"))
     timeout = obj.get("timeout")
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
@@ -137,7 +143,10 @@ def _parse_hs3(obj: dict[str, Any]) -> Hs3:
     challenge = obj.get("challenge")
     if challenge is not None and not isinstance(challenge, str):
         raise HandshakeError('"challenge" must be a string')
-    return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge, hangup=hangup)
+    mode = obj.get("mode", "raw")
+    if mode not in ("raw", "framed"):
+        raise HandshakeError('"mode" must be "raw" or "framed"')
+    return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge, hangup=hangup, framed=mode == "framed")
 
 
 def quote(text: str, limit: int = 32) -> str:
@@ -158,10 +167,13 @@ def hs2(chid: str, challenge: str | None = None) -> dict[str, Any]:
     return reply
 
 
-def hs4_ok(chid: str, timeout: float, online: list[str] | None) -> dict[str, Any]:
+def hs4_ok(chid: str, timeout: float, online: list[str] | None, max_frame: int | None = None) -> dict[str, Any]:
     reply: dict[str, Any] = {"rsp": "hs4", "result": "OK", "chid": chid, "timeout": _number(timeout)}
     if online is not None:
         reply["online"] = online
+    if max_frame is not None:  # framed mode
+        reply["mode"] = "framed"
+        reply["max_frame"] = max_frame
     return reply
 
 

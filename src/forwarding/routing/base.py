@@ -17,8 +17,11 @@ class Sink(Protocol):
     @property
     def chid(self) -> str: ...
 
-    def deliver(self, data: bytes) -> bool:
-        """Queue ``data`` for the client; return ``True`` if the sink is now over its high-water mark.
+    def deliver(self, data: bytes | memoryview, sender: str) -> bool:
+        """Queue ``data`` from chid ``sender`` for the client; ``True`` if the sink is now over its high-water mark.
+
+        A raw session writes the bytes as they are; a framed one writes a data
+        frame tagged with ``sender``.
 
         Must not release any sink synchronously (routers iterate their registry
         while delivering); a failed write closes the sink later.
@@ -34,6 +37,10 @@ class Sink(Protocol):
 
     def add_waiter(self, sender: Sink) -> None:
         """Call ``sender.unthrottle(self)`` once this sink has drained (or closed)."""
+        ...
+
+    def presence(self, chid: str, online: bool) -> None:
+        """A chid this sink subscribed to came online or went offline."""
         ...
 
     def peer_left(self, chid: str) -> None:
@@ -71,7 +78,7 @@ class Router(Protocol):
         """The sink for ``chid`` if it is online in this process (for the zero-copy path)."""
         ...
 
-    def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes) -> int:
+    def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:
         """Deliver ``data`` from ``sender`` to ``recvers`` (``None``: all others).
 
         Returns the number of bytes that could not be delivered because a named
@@ -82,6 +89,18 @@ class Router(Protocol):
 
     def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
         """Call ``sink.peer_left(chid)`` when any of ``chids`` goes offline, until ``sink`` is released."""
+        ...
+
+    def subscribe(self, sink: Sink, chids: tuple[str, ...] | None) -> None:
+        """Call ``sink.presence(chid, online)`` when one of ``chids`` (``None``: any other chid)
+        comes online or goes offline, until :meth:`unsubscribe` or release. Replaces an
+        earlier subscription of ``sink``."""
+        ...
+
+    def unsubscribe(self, sink: Sink) -> None: ...
+
+    def all_online(self, limit: int) -> list[str]:
+        """Up to ``limit`` online chids (for a broadcast session's ``online`` command)."""
         ...
 
     def watch(self, callback: OnlineCallback) -> None:

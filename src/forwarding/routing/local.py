@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 
 from .base import OnlineCallback, Sink
@@ -19,6 +20,9 @@ class LocalRouter:
         self._watchers: list[OnlineCallback] = []
         self._hangups: dict[str, set[Sink]] = {}  # chid -> sinks to hang up when it leaves
         self._hangup_chids: dict[Sink, tuple[str, ...]] = {}
+        self._presence: dict[str, set[Sink]] = {}  # chid -> sinks subscribed to it
+        self._presence_all: set[Sink] = set()  # sinks subscribed to everyone
+        self._presence_of: dict[Sink, tuple[str, ...] | None] = {}
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -30,9 +34,11 @@ class LocalRouter:
         self._sinks[chid] = sink
         for callback in list(self._watchers):
             callback(chid)
+        self._announce(sink, True)
         return True
 
     def release(self, sink: Sink) -> None:
+        self.unsubscribe(sink)
         for chid in self._hangup_chids.pop(sink, ()):
             bound = self._hangups.get(chid)
             if bound is not None:
@@ -41,6 +47,7 @@ class LocalRouter:
                     del self._hangups[chid]
         if self._sinks.get(sink.chid) is sink:
             del self._sinks[sink.chid]
+            self._announce(sink, False)
             # At once, not later: a new owner of this chid must never find the
             # old partner still online.
             for partner in list(self._hangups.get(sink.chid, ())):
@@ -51,6 +58,41 @@ class LocalRouter:
         for chid in chids:
             self._hangups.setdefault(chid, set()).add(sink)
 
+    def subscribe(self, sink: Sink, chids: tuple[str, ...] | None) -> None:
+        self.unsubscribe(sink)
+        self._presence_of[sink] = chids
+        if chids is None:
+            self._presence_all.add(sink)
+        else:
+            for chid in chids:
+                self._presence.setdefault(chid, set()).add(sink)
+
+    def unsubscribe(self, sink: Sink) -> None:
+        if sink not in self._presence_of:
+            return
+        chids = self._presence_of.pop(sink)
+        if chids is None:
+            self._presence_all.discard(sink)
+            return
+        for chid in chids:
+            bound = self._presence.get(chid)
+            if bound is not None:
+                bound.discard(sink)
+                if not bound:
+                    del self._presence[chid]
+
+    def _announce(self, sink: Sink, online: bool) -> None:
+        chid = sink.chid
+        for other in list(self._presence.get(chid, ())):
+            if other is not sink:
+                other.presence(chid, online)
+        for other in list(self._presence_all):
+            if other is not sink:
+                other.presence(chid, online)
+
+    def all_online(self, limit: int) -> list[str]:
+        return list(itertools.islice(self._sinks, limit))
+
     def online(self, chids: Iterable[str]) -> list[str]:
         return [chid for chid in chids if chid in self._sinks]
 
@@ -60,11 +102,12 @@ class LocalRouter:
     def local_sink(self, chid: str) -> Sink | None:
         return self._sinks.get(chid)
 
-    def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes) -> int:
+    def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:
+        origin = sender.chid
         if recvers is None:
             # Safe to iterate in place: Sink.deliver never releases a sink synchronously.
             for other in self._sinks.values():
-                if other is not sender and other.deliver(data):
+                if other is not sender and other.deliver(data, origin):
                     sender.throttle(other)
             return 0
         dropped = 0
@@ -73,7 +116,7 @@ class LocalRouter:
             sink = sinks.get(chid)
             if sink is None:
                 dropped += len(data)
-            elif sink.deliver(data):
+            elif sink.deliver(data, origin):
                 sender.throttle(sink)
         return dropped
 

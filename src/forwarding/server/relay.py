@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
+import os
 import resource
 import signal
 import socket
@@ -15,7 +18,7 @@ from typing import cast
 from ..config import Mode, ServerConfig
 from ..protocol.sealing import Sealer
 from ..routing.local import LocalRouter
-from . import splice
+from . import admin, splice
 from .admission import Admission
 from .deadlines import Deadlines
 from .outcome import Outcome
@@ -23,6 +26,9 @@ from .session import Session
 from .tls import TlsProtocol
 
 log = logging.getLogger("forwarding.relay")
+
+RESTART_ONLY = ("hosts", "port", "mode", "admin_socket")
+"""Settings a reload cannot change: the listeners are bound once."""
 
 
 @dataclass(slots=True)
@@ -39,8 +45,14 @@ class Stats:
 class Relay:
     """Accepts connections and owns every :class:`Session` and the router."""
 
-    def __init__(self, config: ServerConfig, loop: asyncio.AbstractEventLoop | None = None) -> None:
+    def __init__(
+        self,
+        config: ServerConfig,
+        loop: asyncio.AbstractEventLoop | None = None,
+        reloader: Callable[[], ServerConfig] | None = None,
+    ) -> None:
         self.config = config
+        self._reloader = reloader
         self.loop = loop or asyncio.get_running_loop()
         self.router = LocalRouter()
         self.broadcast_mode = config.mode is Mode.BROADCAST
@@ -55,15 +67,16 @@ class Relay:
         self.ssl_context = tls_context(config)
         # Zero-copy needs the session's bytes on a plain socket: not under TLS.
         self.splice = splice.AVAILABLE and config.splice and self.ssl_context is None
-        self._servers: list[asyncio.Server] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._idle = asyncio.Event()
         self._idle.set()
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen on every configured host; return the bound ``(host, port)`` pairs."""
-        ssl_context = self.ssl_context
 
         def protocol() -> asyncio.Protocol:
+            # Read at each accept: a reload may change the certificate.
+            ssl_context = self.ssl_context
             if ssl_context is None:
                 return Session(self)
             return TlsProtocol(Session(self), ssl_context)
@@ -81,11 +94,13 @@ class Relay:
             # no cost per connection.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         bound = [sock.getsockname()[:2] for sock in server.sockets]
+        if self.config.admin_socket:
+            self._servers.append(await admin.start(self, self.config.admin_socket))
         for host, port in bound:
             fields = {
                 "address": _address(host, port),
                 "mode": self.config.mode.value,
-                "tls": ssl_context is not None,
+                "tls": self.ssl_context is not None,
                 "sealed": self.sealer is not None,
                 "max_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             }
@@ -106,6 +121,33 @@ class Relay:
             await self._idle.wait()
         for server in self._servers:
             await server.wait_closed()
+        if self.config.admin_socket:
+            with contextlib.suppress(OSError):
+                os.unlink(self.config.admin_socket)
+
+    def reload(self) -> tuple[list[str], list[str]]:
+        """Apply a freshly read configuration to new connections; sessions keep theirs.
+
+        Returns the settings that changed and took effect, and those that changed
+        but need a restart (listen addresses, mode, admin socket).
+        """
+        if self._reloader is None:
+            raise RuntimeError("this relay was started without a configuration to reload")
+        new = self._reloader()
+        old = self.config
+        changed = [f.name for f in dataclasses.fields(ServerConfig) if getattr(old, f.name) != getattr(new, f.name)]
+        restart = [name for name in changed if name in RESTART_ONLY]
+        self.config = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
+        self.admission.limits = new.admission
+        if "secret" in changed:
+            self.sealer = Sealer.from_secret(new.secret) if new.secret else None
+        if {"tls_cert", "tls_key", "tls_client_ca"} & set(changed):
+            self.ssl_context = tls_context(self.config)
+        self.splice = splice.AVAILABLE and self.config.splice and self.ssl_context is None
+        live = [name for name in changed if name not in RESTART_ONLY]  # names only: never a secret's value
+        fields = {"changed": ",".join(live) or "-", "needs_restart": ",".join(restart) or "-"}
+        log.info("reloaded", extra={"fields": fields})
+        return live, restart
 
     def session_opened(self, session: Session) -> None:
         self.sessions.add(session)
@@ -167,14 +209,16 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
     return cast(Callable[[], asyncio.AbstractEventLoop], uvloop.new_event_loop)
 
 
-async def serve_until_signalled(config: ServerConfig) -> None:
-    relay = Relay(config)
+async def serve_until_signalled(config: ServerConfig, reloader: Callable[[], ServerConfig] | None = None) -> None:
+    relay = Relay(config, reloader=reloader)
     await relay.start()
     log.debug("event loop", extra={"fields": {"loop": type(asyncio.get_running_loop()).__module__}})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    if reloader is not None:
+        loop.add_signal_handler(signal.SIGHUP, _reload_logged, relay)
     await stop.wait()
     log.info("stopping", extra={"fields": {"sessions": len(relay.sessions)}})
     await relay.stop()
@@ -198,7 +242,14 @@ def raise_open_file_limit(cap: int = 1 << 20) -> int:
     return soft
 
 
-def run(config: ServerConfig, loop: str = "auto") -> None:
+def _reload_logged(relay: Relay) -> None:
+    try:
+        relay.reload()
+    except Exception as exc:  # a broken file must not take the relay down
+        log.error("reload failed", extra={"fields": {"error": str(exc)}})
+
+
+def run(config: ServerConfig, loop: str = "auto", reloader: Callable[[], ServerConfig] | None = None) -> None:
     raise_open_file_limit()
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
-        runner.run(serve_until_signalled(config))
+        runner.run(serve_until_signalled(config, reloader))

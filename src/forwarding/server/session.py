@@ -15,6 +15,26 @@ import logging
 from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
+from ..protocol.frames import (
+    DATA,
+    MAX_ONLINE,
+    Close,
+    CommandError,
+    FrameError,
+    FrameParser,
+    Online,
+    Ping,
+    SetRecvers,
+    Subscribe,
+    close_event,
+    control_frame,
+    data_header,
+    parse_command,
+    parse_control,
+    presence_event,
+    reply_error,
+    reply_ok,
+)
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
 from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
@@ -65,6 +85,8 @@ class Session(asyncio.Protocol):
         "_slow_timer",
         "pump",
         "_inbound",
+        "_frames",
+        "_subscribed",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -94,7 +116,7 @@ class Session(asyncio.Protocol):
         self._waiting = False
         # Until hs4 is out, deliveries queue here and count as "over the mark",
         # so their senders pause after one read: bounded by fan-in x one read.
-        self._pending: list[bytes] | None = None
+        self._pending: list[bytes | memoryview] | None = None
         self._write_paused = True
         self._blockers: set[Sink] | None = None  # receivers over their mark that this session sent to
         self._waiters: set[Sink] | None = None  # senders paused because of this session
@@ -103,6 +125,12 @@ class Session(asyncio.Protocol):
         self._slow_timer: asyncio.TimerHandle | None = None
         self.pump: Pump | None = None  # splices this session's bytes to its one receiver
         self._inbound: set[Pump] | None = None  # pumps that write into this session
+        self._frames: FrameParser | None = None  # framed mode (hs3 "mode": "framed")
+        self._subscribed = False  # framed: presence events on
+
+    @property
+    def framed(self) -> bool:
+        return self._frames is not None
 
     # -- asyncio callbacks ----------------------------------------------------
 
@@ -160,6 +188,9 @@ class Session(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.established:
+            if self._frames is not None:
+                self._frames_received(data)
+                return
             # The hot path: no parsing, no copying, no logging.
             self.bytes_in += len(data)
             self.last_active = self._loop.time()
@@ -207,16 +238,25 @@ class Session(asyncio.Protocol):
 
     # -- Sink, for the router ------------------------------------------------
 
-    def deliver(self, data: bytes) -> bool:
+    def deliver(self, data: bytes | memoryview, sender: str) -> bool:
         self.bytes_out += len(data)
         self.last_active = self._loop.time()
-        if self.established:
-            self._transport.write(data)  # type: ignore[union-attr]  # established => connected
-        elif self._pending is None:
-            self._pending = [data]
+        if self._frames is not None:
+            # A data frame tagged with the sender: the header is the only new bytes.
+            chunks: tuple[bytes | memoryview, ...] = (data_header(len(data), sender.encode()), data)
         else:
-            self._pending.append(data)
+            chunks = (data,)
+        if self.established:
+            self._transport.writelines(chunks)  # type: ignore[union-attr]  # established => connected
+        elif self._pending is None:
+            self._pending = list(chunks)
+        else:
+            self._pending.extend(chunks)
         return self._write_paused
+
+    def presence(self, chid: str, online: bool) -> None:
+        if self.outcome is None and self.established:
+            self._send_control(presence_event(chid, online))
 
     def throttle(self, by: Sink) -> None:
         if self._blockers is None:
@@ -281,6 +321,8 @@ class Session(asyncio.Protocol):
     def _on_hs3(self, event: Hs3Received) -> None:
         self.recvers = event.recvers
         self.idle_timeout = event.timeout
+        if event.framed:
+            self._frames = FrameParser(self._config.limits.max_frame)
         if not self._router.claim(self):
             desc = f"chid {quote(self.chid)} came online during the handshake"
             self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
@@ -330,6 +372,79 @@ class Session(asyncio.Protocol):
             if isinstance(partner, Session) and partner.recvers == (self.chid,):
                 partner._try_splice()
 
+    # -- framed mode (docs/protocol.md, section 12) -------------------------------
+
+    def _frames_received(self, data: bytes) -> None:
+        assert self._frames is not None
+        self.last_active = self._loop.time()
+        try:
+            frames = self._frames.feed(data)
+        except FrameError as exc:
+            self._frame_error(exc)
+            return
+        replied = False
+        for frame in frames:
+            if self.outcome is not None:
+                return
+            if frame.kind == DATA:
+                self.bytes_in += len(frame.payload)
+                dropped = self._router.route(self, self.recvers, frame.payload)
+                if dropped:
+                    self.dropped += dropped
+            else:
+                self._command(frame.payload)
+                replied = True
+        if replied and self._write_paused and self.outcome is None:
+            # Our own replies are piling up unread: stop reading commands until
+            # they drain, as for any receiver over its mark.
+            self.throttle(self)
+
+    def _command(self, payload: bytes | memoryview) -> None:
+        try:
+            ident, cmd = parse_command(parse_control(payload))
+        except CommandError as exc:
+            self._send_control(reply_error(exc.ident, exc.desc))
+            return
+        except FrameError as exc:
+            self._frame_error(exc)
+            return
+        router = self._router
+        if isinstance(cmd, SetRecvers):
+            # Frames before this one went to the old recvers, frames after it go
+            # to the new ones: the parser hands them over in order.
+            self.recvers = cmd.recvers
+            if self._subscribed:
+                router.subscribe(self, self.recvers)
+            self._send_control(reply_ok(ident, recvers=list(cmd.recvers or ()), online=self._visible_online()))
+        elif isinstance(cmd, Online):
+            self._send_control(reply_ok(ident, online=self._visible_online()))
+        elif isinstance(cmd, Ping):
+            self._send_control(reply_ok(ident, pong=True))
+        elif isinstance(cmd, Subscribe):
+            self._subscribed = cmd.on
+            if cmd.on:
+                router.subscribe(self, self.recvers)
+                self._send_control(reply_ok(ident, presence=True, online=self._visible_online()))
+            else:
+                router.unsubscribe(self)
+                self._send_control(reply_ok(ident, presence=False))
+        elif isinstance(cmd, Close):
+            self._send_control(reply_ok(ident))
+            self.close(Outcome.CLIENT_CLOSED, f"closed by the client: {cmd.reason}" if cmd.reason else None)
+
+    def _visible_online(self) -> list[str]:
+        """Online chids this session may see: its recvers, or for broadcast anyone (capped)."""
+        if self.recvers is not None:
+            return self._router.online(self.recvers)
+        return [c for c in self._router.all_online(MAX_ONLINE + 1) if c != self.chid][:MAX_ONLINE]
+
+    def _send_control(self, message: dict[str, object]) -> None:
+        assert self._transport is not None
+        self._transport.write(control_frame(message))
+
+    def _frame_error(self, exc: FrameError) -> None:
+        self.close(Outcome.FRAME_ERROR, exc.desc, reason_code=exc.code)
+
     # -- zero-copy path (server/splice.py) -------------------------------------
 
     def _try_splice(self) -> None:
@@ -340,9 +455,13 @@ class Session(asyncio.Protocol):
         """
         if self.pump is not None or self.outcome is not None or self._blockers or not self.established:
             return
+        if self._frames is not None:  # frames are parsed, not spliced
+            return
         assert self.recvers is not None and self._transport is not None
         receiver = self._router.local_sink(self.recvers[0])
         if not isinstance(receiver, Session) or not receiver.established or receiver.outcome is not None:
+            return
+        if receiver._frames is not None:  # its data frames need a header per chunk
             return
         dst = receiver._transport
         if dst is None or dst.get_write_buffer_size():
@@ -408,7 +527,14 @@ class Session(asyncio.Protocol):
         self._arm_idle_timer()
         log.info(
             "session open",
-            extra={"fields": {"chid": self.chid, "peer": self.peer, "recvers": _recvers_text(self.recvers)}},
+            extra={
+                "fields": {
+                    "chid": self.chid,
+                    "peer": self.peer,
+                    "recvers": _recvers_text(self.recvers),
+                    "mode": "framed" if self._frames is not None else "raw",
+                }
+            },
         )
         if not self._write_paused:
             self._release_waiters()
@@ -462,11 +588,17 @@ class Session(asyncio.Protocol):
 
     # -- closing ---------------------------------------------------------------
 
-    def close(self, outcome: Outcome, desc: str | None = None, abort: bool = False) -> None:
-        """Close the session for a server-side reason (shutdown, admin)."""
+    def close(self, outcome: Outcome, desc: str | None = None, abort: bool = False, reason_code: str = "") -> None:
+        """Close the session for a server-side reason (shutdown, admin, a framing error).
+
+        A framed session gets a close event first, saying why (unless aborted).
+        """
         if self.outcome is None:
             self.outcome = outcome
             self.desc = desc
+            if self._frames is not None and self.established and not abort and self._transport is not None:
+                code = reason_code or outcome.value
+                self._send_control(close_event(code, desc or outcome.value))
         self._close(abort)
 
     def _close(self, abort: bool = False) -> None:

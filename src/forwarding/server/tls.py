@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Iterable
 from typing import Any, cast
 
 from .outcome import Outcome
@@ -113,6 +114,9 @@ class TlsTransport(asyncio.Transport):
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._protocol.encrypt(bytes(data))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        self._protocol.encrypt(b"".join(list_of_data))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":

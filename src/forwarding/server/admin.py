@@ -1,0 +1,110 @@
+"""The operator's control socket: list sessions, close one, reload the configuration.
+
+``forwarding serve --admin-socket PATH`` listens on a Unix socket (mode 0600:
+only the relay's user may use it). Each request is one JSON line, each answer
+one JSON line; ``forwarding admin PATH ...`` speaks it (docs/operations.md):
+
+* ``{"cmd": "sessions"}`` -> ``{"ok": true, "sessions": [{chid, peer, recvers, mode, in, out, dropped, age, idle}]}``
+* ``{"cmd": "close", "chid": C}`` -> closes that session (outcome ``admin_closed``)
+* ``{"cmd": "reload"}`` -> re-reads the configuration (as SIGHUP does)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from typing import TYPE_CHECKING, Any, cast
+
+from ..protocol.linebuffer import LineBuffer, LineTooLong
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("forwarding.admin")
+MAX_REQUEST = 4096
+
+
+async def start(relay: Relay, path: str) -> asyncio.AbstractServer:
+    if os.path.exists(path):
+        os.unlink(path)  # a stale socket from an earlier run
+    old = os.umask(0o177)
+    try:
+        server = await relay.loop.create_unix_server(lambda: AdminProtocol(relay), path)
+    finally:
+        os.umask(old)
+    log.info("admin socket", extra={"fields": {"path": path}})
+    return server
+
+
+class AdminProtocol(asyncio.Protocol):
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        self._lines = LineBuffer(MAX_REQUEST)
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._lines.feed(data)
+        while True:
+            try:
+                line = self._lines.next_line()
+            except LineTooLong:
+                self._answer({"ok": False, "desc": f"request over {MAX_REQUEST} bytes"})
+                self._transport.close()
+                return
+            if line is None:
+                return
+            self._answer(self._handle(line))
+
+    def _answer(self, reply: dict[str, Any]) -> None:
+        assert self._transport is not None
+        self._transport.write(json.dumps(reply).encode() + b"\n")
+
+    def _handle(self, line: bytes) -> dict[str, Any]:
+        try:
+            req = json.loads(line)
+        except ValueError:
+            return {"ok": False, "desc": "request is not JSON"}
+        if not isinstance(req, dict):
+            return {"ok": False, "desc": "request is not a JSON object"}
+        cmd = req.get("cmd")
+        relay = self._relay
+        if cmd == "sessions":
+            now = relay.loop.time()
+            rows = [
+                {
+                    "chid": s.chid,
+                    "peer": s.peer,
+                    "recvers": None if s.recvers is None else list(s.recvers),
+                    "mode": "framed" if s.framed else "raw",
+                    "in": s.bytes_in,
+                    "out": s.bytes_out,
+                    "dropped": s.dropped,
+                    "age": round(now - s.opened_at, 3),
+                    "idle": round(now - s.last_active, 3),
+                }
+                for s in relay.sessions
+                if s.established
+            ]
+            return {"ok": True, "sessions": sorted(rows, key=lambda r: str(r["chid"]))}
+        if cmd == "close":
+            chid = req.get("chid")
+            target = next((s for s in relay.sessions if s.established and s.chid == chid), None)
+            if target is None:
+                return {"ok": False, "desc": f"no session with chid {json.dumps(chid)}"}
+            target.close(Outcome.ADMIN_CLOSED, "closed by an operator")
+            log.info("admin close", extra={"fields": {"chid": target.chid}})
+            return {"ok": True}
+        if cmd == "reload":
+            try:
+                changed, restart = relay.reload()
+            except Exception as exc:  # a bad file must not take the relay down
+                return {"ok": False, "desc": f"reload failed: {exc}"}
+            return {"ok": True, "changed": changed, "needs_restart": restart}
+        return {"ok": False, "desc": f"unknown cmd {json.dumps(cmd)}; known: sessions, close, reload"}
