@@ -283,13 +283,19 @@ def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | Non
             table = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SystemExit(f"forwarding: cannot read config {known.config}: {exc}") from None
-    dests = {a.dest for a in serve._actions}
+    actions = {a.dest: a for a in serve._actions}
     defaults = {}
     for key, value in table.items():
         dest = key.replace("-", "_")
-        if dest not in dests or dest in ("help", "config"):
+        if dest not in actions or dest in ("help", "config"):
             raise SystemExit(f"forwarding: unknown setting {key!r} in {known.config}")
-        defaults[dest] = [value] if dest == "host" and isinstance(value, str) else value
+        if dest == "host" and isinstance(value, str):
+            value = [value]
+        elif actions[dest].type is not None and isinstance(value, int | float) and not isinstance(value, bool):
+            # argparse converts string defaults with the flag's type (and its checks);
+            # TOML numbers would bypass both.
+            value = str(value)
+        defaults[dest] = value
     serve.set_defaults(**defaults)
 
 

@@ -183,4 +183,4 @@ def hs4_fail(desc: str, code: str = "bad_request") -> dict[str, Any]:
 
 def _number(value: float) -> float | int:
     """Write whole seconds as integers, so old clients that expect ints are not surprised."""
-    return int(value) if value.is_integer() else value
+    return int(value) if float(value).is_integer() else value

@@ -573,9 +573,7 @@ class Session(asyncio.Protocol):
         if self.outcome is not None:
             return
         if self._loop.time() - self.last_active >= self.idle_timeout:
-            self.outcome = Outcome.IDLE_TIMEOUT
-            self.desc = f"no data in either direction for {self.idle_timeout:g} s"
-            self._close()
+            self.close(Outcome.IDLE_TIMEOUT, f"no data in either direction for {self.idle_timeout:g} s")
         else:
             self._arm_idle_timer()
 
