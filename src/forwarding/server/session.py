@@ -241,13 +241,16 @@ class Session(asyncio.Protocol):
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:
         self.bytes_out += len(data)
         self.last_active = self._loop.time()
+        if self._frames is None and self.established:
+            # The raw hot path: the sender's bytes object as it is, one write.
+            self._transport.write(data)  # type: ignore[union-attr]  # established => connected
+            return self._write_paused
+        chunks: tuple[bytes | memoryview, ...] = (data,)
         if self._frames is not None:
             # A data frame tagged with the sender: the header is the only new bytes.
-            chunks: tuple[bytes | memoryview, ...] = (data_header(len(data), sender.encode()), data)
-        else:
-            chunks = (data,)
+            chunks = (data_header(len(data), sender.encode()), data)
         if self.established:
-            self._transport.writelines(chunks)  # type: ignore[union-attr]  # established => connected
+            self._transport.writelines(chunks)  # type: ignore[union-attr]
         elif self._pending is None:
             self._pending = list(chunks)
         else:
