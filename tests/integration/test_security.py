@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import ssl
 import subprocess
@@ -11,6 +12,8 @@ import threading
 
 import pytest
 
+import forwarding
+from forwarding import sync
 from forwarding.protocol.sealing import Sealer
 
 from .certs import CA
@@ -275,3 +278,21 @@ def test_handshake_rate_per_source_and_others_keep_working_during_a_flood(start_
     flooder.join(TIMEOUT * 3)
     # The burst of 5 (plus what refilled at 1/s) got through; the rest were refused.
     assert refused[0] >= 190
+
+
+def test_a_reload_rotates_the_secret_without_dropping_sessions(start_server, tmp_path):
+    config = tmp_path / "relay.toml"
+    config.write_text('secret = "old secret"\n')
+    server = start_server("--config", str(config))
+    rx = sync.connect(server.address, chid="rx", secret="old secret")
+    tx = sync.connect(server.address, chid="tx", recvers=["rx"], secret="old secret")
+    config.write_text('secret = "new secret"\n')
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(r"reloaded changed=\"secret\"")
+    with pytest.raises(forwarding.WrongSecret):
+        sync.connect(server.address, secret="old secret")
+    tx.send(b"still up")  # sessions from before the rotation go on
+    assert rx.recv_exactly(8) == b"still up"
+    with sync.connect(server.address, recvers=["rx"], secret="new secret") as newcomer:
+        newcomer.send(b"new key")
+        assert rx.recv_exactly(7) == b"new key"
