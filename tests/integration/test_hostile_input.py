@@ -10,6 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from forwarding.protocol.frames import CONTROL, HEADER, FrameParser, control_frame, data_frame
+
 from .conftest import ServerProcess, handshake
 
 json_values = st.recursive(
@@ -68,3 +70,42 @@ def test_server_still_serves_after_the_onslaught(live):
     b, _ = handshake(live, "after-b", ["after-a"])
     a.sock.sendall(b"alive")
     assert b.recv_exactly(5) == b"alive"
+
+
+command_names = st.sampled_from(["recvers", "online", "ping", "subscribe", "close"])
+commands = st.fixed_dictionaries(
+    {},
+    optional={
+        "id": json_values,
+        "cmd": command_names | json_values,
+        "recvers": json_values,
+        "presence": json_values,
+        "reason": json_values,
+    },
+)
+frames = st.one_of(
+    st.binary(max_size=300),
+    commands.map(lambda c: control_frame(c)),
+    st.binary(max_size=200).map(data_frame),
+    st.tuples(st.integers(0, 255), st.integers(0, 255), st.integers(0, 65535), st.integers(0, 2**32 - 1)).map(
+        lambda h: HEADER.pack(*h)
+    ),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(wire=st.lists(frames, max_size=5).map(b"".join))
+def test_any_bytes_in_framed_mode_get_frames_or_a_close(live, wire):
+    hs = b'{"req":"hs1"}\n{"req":"hs3","mode":"framed"}\n'
+    replies = exchange(live, hs + wire)
+    lines = replies.split(b"\n", 2)
+    assert json.loads(lines[0])["rsp"] == "hs2" and json.loads(lines[1])["result"] == "OK"
+    # What follows hs4 is well-formed frames from the server: replies, events, or the close reason.
+    for frame in FrameParser(1 << 20, allow_chid=True).feed(lines[2]):
+        assert frame.kind == CONTROL
+        msg = json.loads(bytes(frame.payload))
+        # (presence events can only concern the sessions of earlier examples)
+        assert "id" in msg or msg.get("event") in ("close", "online", "offline"), msg
+    # ... and the server still serves.
+    c, _ = handshake(live, None, [])
+    c.close()
