@@ -21,8 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from forwarding.protocol.client import ClientHandshake
-from forwarding.protocol.sealing import Sealer
+from forwarding import sync
 
 CHUNK = 256 * 1024
 SOCKBUF = 4 * 1024 * 1024
@@ -94,9 +93,6 @@ class Security:
     secret: str | None = None
     ca: str | None = None
 
-    def sealer(self) -> Sealer | None:
-        return Sealer.from_secret(self.secret) if self.secret else None
-
     def client_context(self) -> ssl.SSLContext | None:
         if self.ca is None:
             return None
@@ -119,39 +115,13 @@ def securities(tmp: Path) -> list[Security]:
 
 
 def open_session(
-    address: tuple[str, int],
-    chid: str | None,
-    recvers: list[str] | None,
-    security: Security | None = None,
-    sealer: Sealer | None = None,
-    wait: bool = False,
+    address: tuple[str, int], chid: str | None, recvers: list[str] | None, security: Security | None = None
 ) -> socket.socket:
-    """A handshaked blocking socket (TLS-wrapped when the set-up says so)."""
+    """A handshaked blocking socket, by the client library (TLS and the sealed handshake included)."""
     security = security or Security()
-    hs = ClientHandshake(chid, recvers, None, wait, sealer, False)
-    sock = connect(address)
-    ctx = security.client_context()
-    if ctx is not None:
-        sock = ctx.wrap_socket(sock, server_hostname="localhost")
-    buf = bytearray()
-    sock.sendall(hs.hs1() + hs.hs3() if hs.can_pipeline else hs.hs1())
-    hs.receive_hs2(_line(sock, buf))
-    if not hs.can_pipeline:
-        sock.sendall(hs.hs3())
-    hs.receive_hs4(_line(sock, buf))
-    assert not buf, "no data is sent before both sides are up"
-    return sock
-
-
-def _line(sock: socket.socket, buf: bytearray) -> bytes:
-    while (end := buf.find(b"\n")) < 0:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise EOFError("relay closed during the handshake")
-        buf += chunk
-    line = bytes(buf[: end + 1])
-    del buf[: end + 1]
-    return line
+    ch = sync.connect(address, chid=chid, recvers=recvers, secret=security.secret, tls=security.client_context())
+    tune(ch.sock)
+    return ch.sock
 
 
 def plain_handshake(sock: socket.socket, chid: str, recvers: list[str] | None, **options: object) -> None:

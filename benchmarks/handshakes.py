@@ -13,18 +13,23 @@ import socket
 import struct
 import time
 from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Barrier
+
+from forwarding.protocol.sealing import derive_key
 
 from .common import Relay, Security, Table, cpu_seconds, fmt, open_session
 
 LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-def _connector(address: tuple[str, int], security: Security, start: float, until: float, q: Queue[object]) -> None:
-    sealer = security.sealer()  # scrypt once per process, as a real client would
-    time.sleep(max(0.0, start - time.monotonic()))
+def _connector(address: tuple[str, int], security: Security, seconds: float, go: Barrier, q: Queue[object]) -> None:
+    if security.secret:
+        derive_key(security.secret)  # the library remembers it: scrypt once, before the clock starts
+    go.wait(60)
+    until = time.monotonic() + seconds
     n = 0
     while time.monotonic() < until:
-        sock = open_session(address, None, ["nobody"], security, sealer)
+        sock = open_session(address, None, ["nobody"], security)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, LINGER_RESET)
         sock.close()
         n += 1
@@ -34,21 +39,18 @@ def _connector(address: tuple[str, int], security: Security, start: float, until
 def measure(security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:
     with Relay(*security.server_args) as relay:
         q: Queue[object] = mp.Queue()
-        start = time.monotonic() + 1.0  # every connector starts and derives its key first
-        until = start + seconds
-        procs = [
-            mp.Process(target=_connector, args=(relay.address, security, start, until, q)) for _ in range(connectors)
-        ]
+        go = mp.Barrier(connectors + 1)  # every connector is up and has its key
+        args = (relay.address, security, seconds, go, q)
+        procs = [mp.Process(target=_connector, args=args) for _ in range(connectors)]
         for p in procs:
             p.start()
-        time.sleep(max(0.0, start - time.monotonic()))
+        go.wait(60)
         cpu0 = cpu_seconds(relay.pid)
         total = sum(int(q.get(timeout=seconds + 60)) for _ in procs)  # type: ignore[call-overload]
         cpu = cpu_seconds(relay.pid) - cpu0
         for p in procs:
             p.join(30)
-    elapsed = time.monotonic() - start
-    return {"per_second": total / elapsed, "per_cpu_second": total / cpu if cpu else None}
+    return {"per_second": total / seconds, "per_cpu_second": total / cpu if cpu else None}
 
 
 def run(securities: list[Security], seconds: float = 5.0) -> Table:

@@ -27,7 +27,6 @@ def _worker(
     barrier: Barrier,
     q: Queue[object],
 ) -> None:
-    sealer = security.sealer()
     pairs: list[tuple[socket.socket, socket.socket]] = []
     if address is None:  # direct: our own listener
         listener = socket.create_server(("127.0.0.1", 0), backlog=count)
@@ -37,8 +36,8 @@ def _worker(
             pairs.append((tx, listener.accept()[0]))
     else:
         for i in range(first, first + count):
-            rx = open_session(address, f"rx{i}", [f"tx{i}"], security, sealer)
-            tx = open_session(address, f"tx{i}", [f"rx{i}"], security, sealer)
+            rx = open_session(address, f"rx{i}", [f"tx{i}"], security)
+            tx = open_session(address, f"tx{i}", [f"rx{i}"], security)
             pairs.append((tx, rx))
     ends: list[float] = []
 
