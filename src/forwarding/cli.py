@@ -37,6 +37,14 @@ def _size(text: str) -> int:
     return value
 
 
+def _listen_address(text: str) -> tuple[str, int]:
+    """HOST:PORT, [IPv6]:PORT; the port is required."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text}")
+    return host.strip("[]"), int(port)
+
+
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
     d = ServerConfig()
     lim = HandshakeLimits()
@@ -105,6 +113,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         default=lim.max_frame,
         metavar="BYTES",
         help=f"largest frame payload in framed mode, announced in hs4; at least 64K (default {lim.max_frame})",
+    )
+    p.add_argument(
+        "--metrics",
+        type=_listen_address,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 127.0.0.1:9601)",
     )
     p.add_argument(
         "--admin-socket",
@@ -210,6 +224,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         shutdown_grace=args.shutdown_grace,
         splice=args.splice,
         admin_socket=args.admin_socket,
+        metrics=args.metrics,
     )
 
 

@@ -58,3 +58,5 @@ class ServerConfig:
     """PEM CA bundle; clients must present a certificate it signed."""
     admin_socket: str | None = None
     """Unix socket for ``forwarding admin``: list sessions, close one, reload."""
+    metrics: tuple[str, int] | None = None
+    """Where to serve Prometheus metrics (``GET /metrics``)."""

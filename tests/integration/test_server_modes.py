@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -92,3 +94,41 @@ def test_both_event_loops_forward_and_apply_backpressure(start_server, loop):
     t.join(TIMEOUT)
     assert got == data
     assert server.rss_kib() < 80 * 1024
+
+
+def test_prometheus_metrics_count_sessions_bytes_and_reasons(start_server):
+    server = start_server("--metrics", "127.0.0.1:0")
+    port = int(server.wait_for_log(r'metrics address="127\.0\.0\.1:(\d+)"').group(1))
+
+    def scrape() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
+            assert resp.headers["Content-Type"].startswith("text/plain")
+            text = resp.read().decode()
+        return {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line and not line.startswith("#")
+        }
+
+    rx, _ = handshake(server, "rx", ["tx"])
+    tx, _ = handshake(server, "tx", ["rx"])
+    tx.sock.sendall(b"x" * 1000)
+    assert rx.recv_exactly(1000) == b"x" * 1000
+    live = scrape()
+    assert live['forwarding_sessions{mode="raw"}'] == 2
+    assert live["forwarding_received_bytes_total"] == 1000
+    ghost, _ = handshake(server, "ghost", ["nobody"])
+    ghost.sock.sendall(b"lost")
+    ghost.sock.shutdown(socket.SHUT_WR)
+    ghost.assert_closed()
+    server.closed_line("ghost")
+    Client(server.address).send_line(b"not json")
+    server.wait_for_log('reason="handshake_failed"')
+    after = scrape()
+    assert after['forwarding_sessions_closed_total{reason="client_closed"}'] == 1
+    assert after['forwarding_sessions_closed_total{reason="handshake_failed"}'] == 1
+    assert after["forwarding_dropped_bytes_total"] == 4
+    assert after["forwarding_connections_accepted_total"] == 4
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=TIMEOUT)
+    assert err.value.code == 404

@@ -27,7 +27,7 @@ from .tls import TlsProtocol
 
 log = logging.getLogger("forwarding.relay")
 
-RESTART_ONLY = ("hosts", "port", "mode", "admin_socket")
+RESTART_ONLY = ("hosts", "port", "mode", "admin_socket", "metrics")
 """Settings a reload cannot change: the listeners are bound once."""
 
 
@@ -40,6 +40,8 @@ class Stats:
     bytes_in: int = 0
     bytes_out: int = 0
     bytes_dropped: int = 0
+    outcomes: dict[Outcome, int] = dataclasses.field(default_factory=dict)
+    """Closed connections by outcome."""
 
 
 class Relay:
@@ -96,6 +98,10 @@ class Relay:
         bound = [sock.getsockname()[:2] for sock in server.sockets]
         if self.config.admin_socket:
             self._servers.append(await admin.start(self, self.config.admin_socket))
+        if self.config.metrics:
+            from . import metrics  # prometheus-client is only imported when asked for
+
+            self._servers.append(await metrics.start(self, *self.config.metrics))
         for host, port in bound:
             fields = {
                 "address": _address(host, port),
@@ -163,6 +169,7 @@ class Relay:
         if session.outcome is Outcome.REFUSED:
             stats.refused += 1
         assert session.outcome is not None
+        stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
         fields: dict[str, object] = {
             "chid": session.chid,
             "peer": session.peer,

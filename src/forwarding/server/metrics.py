@@ -1,0 +1,111 @@
+"""Prometheus metrics: ``forwarding serve --metrics HOST:PORT`` serves ``GET /metrics``.
+
+Nothing is counted on the forwarding path for this: a collector reads the
+relay's own totals and live sessions when Prometheus scrapes, on the event
+loop, so no lock and no thread are needed. The HTTP side is deliberately tiny
+(one GET, one response, close), served by the loop too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, cast
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("forwarding.metrics")
+MAX_REQUEST = 8192
+CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+class RelayCollector(Collector):
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+
+    def collect(self) -> Iterator[Metric]:
+        relay = self._relay
+        stats = relay.stats
+        live = list(relay.sessions)
+        established = [s for s in live if s.established]
+        yield GaugeMetricFamily("forwarding_connections", "Open client connections, handshaking or not.", len(live))
+        sessions = GaugeMetricFamily("forwarding_sessions", "Established sessions, by mode.", labels=["mode"])
+        framed = sum(1 for s in established if s.framed)
+        sessions.add_metric(["raw"], len(established) - framed)
+        sessions.add_metric(["framed"], framed)
+        yield sessions
+        yield GaugeMetricFamily(
+            "forwarding_spliced_sessions",
+            "Sessions whose bytes the kernel moves (splice(2) pumps).",
+            sum(1 for s in established if s.pump is not None),
+        )
+        yield CounterMetricFamily("forwarding_connections_accepted", "Connections accepted.", stats.connections)
+        closed = CounterMetricFamily("forwarding_sessions_closed", "Connections closed, by reason.", labels=["reason"])
+        for outcome in Outcome:
+            closed.add_metric([outcome.value], stats.outcomes.get(outcome, 0))
+        yield closed
+        # Totals of closed sessions plus what live ones have moved so far.
+        for name, help_text, done, attr in (
+            ("forwarding_received_bytes", "Bytes read from clients after the handshake.", stats.bytes_in, "bytes_in"),
+            ("forwarding_sent_bytes", "Bytes queued for clients after the handshake.", stats.bytes_out, "bytes_out"),
+            (
+                "forwarding_dropped_bytes",
+                "Bytes not delivered (receiver gone).",
+                stats.bytes_dropped,
+                "dropped",
+            ),
+        ):
+            yield CounterMetricFamily(name, help_text, done + sum(getattr(s, attr) for s in live))
+
+
+async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RelayCollector(relay))
+    server = await relay.loop.create_server(lambda: MetricsProtocol(registry), host, port)
+    bound = server.sockets[0].getsockname()
+    address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
+    log.info("metrics", extra={"fields": {"address": address}})
+    return server
+
+
+class MetricsProtocol(asyncio.Protocol):
+    """``GET /metrics`` -> the exposition text; anything else -> 404; then close."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+        self._buf = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._buf += data
+        if b"\r\n\r\n" not in self._buf and b"\n\n" not in self._buf:
+            if len(self._buf) > MAX_REQUEST:
+                self._respond(b"431 Request Header Fields Too Large", b"text/plain", b"request too large\n")
+            return
+        request_line = self._buf.split(b"\n", 1)[0].split()
+        if len(request_line) >= 2 and request_line[0] == b"GET" and request_line[1].split(b"?")[0] == b"/metrics":
+            self._respond(b"200 OK", CONTENT_TYPE, generate_latest(self._registry))
+        else:
+            self._respond(b"404 Not Found", b"text/plain", b"try GET /metrics\n")
+
+    def _respond(self, status: bytes, content_type: bytes, body: bytes) -> None:
+        assert self._transport is not None
+        head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
+            status,
+            content_type,
+            len(body),
+        )
+        self._transport.write(head + body)
+        self._transport.close()
