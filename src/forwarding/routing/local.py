@@ -83,12 +83,15 @@ class LocalRouter:
 
     def _announce(self, sink: Sink, online: bool) -> None:
         chid = sink.chid
-        for other in list(self._presence.get(chid, ())):
-            if other is not sink:
-                other.presence(chid, online)
-        for other in list(self._presence_all):
-            if other is not sink:
-                other.presence(chid, online)
+        watchers = self._presence.get(chid)
+        if watchers:
+            for other in list(watchers):
+                if other is not sink:
+                    other.presence(chid, online)
+        if self._presence_all:  # most relays have no subscribers: no copy, no loop
+            for other in list(self._presence_all):
+                if other is not sink:
+                    other.presence(chid, online)
 
     def all_online(self, limit: int) -> list[str]:
         return list(itertools.islice(self._sinks, limit))

@@ -170,18 +170,19 @@ class Relay:
             stats.refused += 1
         assert session.outcome is not None
         stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
-        fields: dict[str, object] = {
-            "chid": session.chid,
-            "peer": session.peer,
-            "reason": session.outcome.value,
-            "in": session.bytes_in,
-            "out": session.bytes_out,
-            "dropped": session.dropped,
-            "duration": round(self.loop.time() - session.opened_at, 3),
-        }
-        if session.desc:
-            fields["desc"] = session.desc
-        log.info("session closed", extra={"fields": fields})
+        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+            fields: dict[str, object] = {
+                "chid": session.chid,
+                "peer": session.peer,
+                "reason": session.outcome.value,
+                "in": session.bytes_in,
+                "out": session.bytes_out,
+                "dropped": session.dropped,
+                "duration": round(self.loop.time() - session.opened_at, 3),
+            }
+            if session.desc:
+                fields["desc"] = session.desc
+            log.info("session closed", extra={"fields": fields})
         if not self.sessions:
             self._idle.set()
 

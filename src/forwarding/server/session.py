@@ -528,17 +528,14 @@ class Session(asyncio.Protocol):
             transport.write(chunk)
         self.last_active = self._loop.time()
         self._arm_idle_timer()
-        log.info(
-            "session open",
-            extra={
-                "fields": {
-                    "chid": self.chid,
-                    "peer": self.peer,
-                    "recvers": _recvers_text(self.recvers),
-                    "mode": "framed" if self._frames is not None else "raw",
-                }
-            },
-        )
+        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+            fields = {
+                "chid": self.chid,
+                "peer": self.peer,
+                "recvers": _recvers_text(self.recvers),
+                "mode": "framed" if self._frames is not None else "raw",
+            }
+            log.info("session open", extra={"fields": fields})
         if not self._write_paused:
             self._release_waiters()
 
