@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -296,3 +297,20 @@ def test_a_reload_rotates_the_secret_without_dropping_sessions(start_server, tmp
     with sync.connect(server.address, recvers=["rx"], secret="new secret") as newcomer:
         newcomer.send(b"new key")
         assert rx.recv_exactly(7) == b"new key"
+
+
+def test_framed_sessions_over_tls(start_server, pki):
+    """Framed writes (header and payload together) go through the TLS layer intact."""
+    server = start_server("--tls-cert", str(pki["server"].cert), "--tls-key", str(pki["server"].key))
+    ctx = ssl.create_default_context(cafile=str(pki["ca"].pair.cert))
+    addr = f"localhost:{server.port}"
+
+    async def main() -> None:
+        async with forwarding.connect_framed(addr, chid="tls-rx", tls=ctx) as rx:
+            async with forwarding.connect_framed(addr, chid="tls-tx", recvers=["tls-rx"], tls=ctx) as tx:
+                payloads = [b"a", b"b" * 100_000, b""]
+                for p in payloads:
+                    await tx.send(p)
+                assert [await rx.recv() for _ in payloads] == [("tls-tx", p) for p in payloads]
+
+    asyncio.run(asyncio.wait_for(main(), TIMEOUT))

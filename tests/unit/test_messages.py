@@ -57,6 +57,8 @@ def test_unknown_fields_are_ignored():
         (b'{"req":"hs3","timeout":-1}', "positive"),
         (b'{"req":"hs3","timeout":1e999}', "positive"),
         (b'{"req":"hs3","wait":"yes"}', '"wait" must be true or false'),
+        (b'{"req":"hs3","mode":"streamed"}', '"mode" must be "raw" or "framed"'),
+        (b'{"req":"hs3","mode":1}', '"mode" must be "raw" or "framed"'),
         (b"[" * 100000, "not valid JSON"),  # deep nesting must not crash the parser
     ],
 )
@@ -84,3 +86,13 @@ def test_replies_are_one_compact_line():
         encode(hs4_ok("a", 3600.0, ["b"])) == b'{"rsp":"hs4","result":"OK","chid":"a","timeout":3600,"online":["b"]}\n'
     )
     assert encode(hs4_ok("a", 1.5, None)) == b'{"rsp":"hs4","result":"OK","chid":"a","timeout":1.5}\n'
+
+
+def test_hs3_mode_and_the_framed_hs4():
+    assert parse_request(b'{"req":"hs3"}').framed is False
+    assert parse_request(b'{"req":"hs3","mode":"raw"}').framed is False
+    assert parse_request(b'{"req":"hs3","mode":"framed"}').framed is True
+    assert "max_frame" not in hs4_ok("a", 60, None)
+    assert hs4_ok("a", 60, None, max_frame=65536) == {
+        "rsp": "hs4", "result": "OK", "chid": "a", "timeout": 60, "mode": "framed", "max_frame": 65536,
+    }  # fmt: skip

@@ -68,6 +68,7 @@ class FramedChannel:
         self._next_id = 1
         self._subscribed = False
         self._done = False
+        self._closer: asyncio.Task[None] | None = None
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
 
     # -- data ----------------------------------------------------------------
@@ -180,7 +181,8 @@ class FramedChannel:
             self._events.put_nowait(None)
             # The data queue may be full; the sentinel waits its turn without blocking us.
             if self._data.full():
-                asyncio.get_running_loop().create_task(self._data.put(None))
+                # Held on self: the loop keeps only a weak reference to tasks.
+                self._closer = asyncio.get_running_loop().create_task(self._data.put(None))
             else:
                 self._data.put_nowait(None)
 
