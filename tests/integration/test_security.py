@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import socket
 import ssl
@@ -279,6 +280,14 @@ def test_handshake_rate_per_source_and_others_keep_working_during_a_flood(start_
     flooder.join(TIMEOUT * 3)
     # The burst of 5 (plus what refilled at 1/s) got through; the rest were refused.
     assert refused[0] >= 190
+    # ... and the log holds at most 10 refusal lines a second, the rest summed up.
+    assert server.stop() == 0
+    lines = [line for line in server.lines if 'reason="refused"' in line]
+    counts = [re.search(r"refusals not logged count=(\d+)", line) for line in server.lines]
+    unlogged = sum(int(m.group(1)) for m in counts if m)
+    assert len(lines) + unlogged >= refused[0]
+    assert len(lines) <= 10 * 6, f"{len(lines)} refusal lines"  # the flood lasts a few seconds at most
+    assert unlogged > 0
 
 
 def test_a_reload_rotates_the_secret_without_dropping_sessions(start_server, tmp_path):

@@ -27,6 +27,10 @@ from .tls import TlsProtocol
 
 log = logging.getLogger("forwarding.relay")
 
+REFUSALS_LOGGED_PER_SECOND = 10
+"""Beyond this many refusal lines a second, refusals are counted and summed up
+in one line a second: a flood must not fill the operator's disk."""
+
 RESTART_ONLY = ("hosts", "port", "mode", "admin_socket", "metrics")
 """Settings a reload cannot change: the listeners are bound once."""
 
@@ -70,6 +74,10 @@ class Relay:
         # Zero-copy needs the session's bytes on a plain socket: not under TLS.
         self.splice = splice.AVAILABLE and config.splice and self.ssl_context is None
         self._servers: list[asyncio.AbstractServer] = []
+        self._refusal_window = -1  # the second the refusal log budget counts for
+        self._refusals_logged = 0
+        self._refusals_unlogged = 0
+        self._refusal_summary: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -127,6 +135,9 @@ class Relay:
             await self._idle.wait()
         for server in self._servers:
             await server.wait_closed()
+        if self._refusal_summary is not None:  # say what the last second held back
+            self._refusal_summary.cancel()
+            self._log_unlogged_refusals()
         if self.config.admin_socket:
             with contextlib.suppress(OSError):
                 os.unlink(self.config.admin_socket)
@@ -170,7 +181,8 @@ class Relay:
             stats.refused += 1
         assert session.outcome is not None
         stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
-        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+        loggable = session.outcome is not Outcome.REFUSED or self._may_log_refusal()
+        if loggable and log.isEnabledFor(logging.INFO):  # the fields cost more than the check
             fields: dict[str, object] = {
                 "chid": session.chid,
                 "peer": session.peer,
@@ -185,6 +197,25 @@ class Relay:
             log.info("session closed", extra={"fields": fields})
         if not self.sessions:
             self._idle.set()
+
+    def _may_log_refusal(self) -> bool:
+        second = int(self.loop.time())
+        if second != self._refusal_window:
+            self._refusal_window = second
+            self._refusals_logged = 0
+        if self._refusals_logged < REFUSALS_LOGGED_PER_SECOND:
+            self._refusals_logged += 1
+            return True
+        self._refusals_unlogged += 1
+        if self._refusal_summary is None:
+            self._refusal_summary = self.loop.call_later(1.0, self._log_unlogged_refusals)
+        return False
+
+    def _log_unlogged_refusals(self) -> None:
+        self._refusal_summary = None
+        count, self._refusals_unlogged = self._refusals_unlogged, 0
+        fields = {"count": count, "limit_per_second": REFUSALS_LOGGED_PER_SECOND}
+        log.warning("refusals not logged", extra={"fields": fields})
 
 
 def tls_context(config: ServerConfig) -> ssl.SSLContext | None:
