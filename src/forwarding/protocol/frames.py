@@ -33,13 +33,6 @@ MAX_REASON = 256
 MAX_ONLINE = 1000
 """Most chids an ``online`` reply or ``subscribe`` snapshot lists for a broadcast session."""
 
-CLOSE_CODES = (
-    "bad_frame",  # unknown type, reserved byte set, a chid from a client, bad control JSON
-    "frame_too_large",  # payload over the announced max_frame
-    "unknown_command",  # a control command this server does not know
-    "closed",  # the client asked to close
-)
-
 
 class FrameError(Exception):
     """The peer broke the framing rules; the session ends with this ``code`` and ``desc``."""

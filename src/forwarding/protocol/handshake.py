@@ -17,6 +17,7 @@ import enum
 from dataclasses import dataclass
 from typing import Any
 
+from .frames import DEFAULT_MAX_FRAME
 from .linebuffer import LineBuffer, LineTooLong
 from .messages import HandshakeError, Hs1, Hs3, Request, encode, hs2, hs4_fail, hs4_ok, parse_request
 from .sealing import Sealer, SealError, new_challenge
@@ -52,7 +53,7 @@ class HandshakeLimits:
     """Idle timeout for a session whose hs3 names none."""
     max_idle_timeout: float = 86400.0
     """Largest idle timeout a client may ask for; larger asks are lowered to it."""
-    max_frame: int = 1 << 20
+    max_frame: int = DEFAULT_MAX_FRAME
     """Largest frame payload a framed session may send; announced in hs4."""
 
 

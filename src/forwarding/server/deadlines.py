@@ -28,9 +28,6 @@ class Deadlines:
         self._tick = tick
         self._buckets: dict[int, set[Expiring]] = {}
 
-    def __len__(self) -> int:
-        return sum(len(b) for b in self._buckets.values())
-
     def add(self, item: Expiring, when: float) -> int:
         """Call ``item.deadline_passed()`` at ``when`` or up to one tick later; returns a key for :meth:`discard`."""
         slot = math.floor(when / self._tick) + 1

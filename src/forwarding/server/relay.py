@@ -40,7 +40,6 @@ class Stats:
     """Running totals; sessions add theirs when they close."""
 
     connections: int = 0
-    refused: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
     bytes_dropped: int = 0
@@ -71,8 +70,6 @@ class Relay:
         # TLS runs inside each session (server/tls.py), after admission: refused
         # peers cost no crypto, and a failed TLS handshake gets a close log line.
         self.ssl_context = tls_context(config)
-        # Zero-copy needs the session's bytes on a plain socket: not under TLS.
-        self.splice = splice.AVAILABLE and config.splice and self.ssl_context is None
         self._servers: list[asyncio.AbstractServer] = []
         self._refusal_window = -1  # the second the refusal log budget counts for
         self._refusals_logged = 0
@@ -142,6 +139,11 @@ class Relay:
             with contextlib.suppress(OSError):
                 os.unlink(self.config.admin_socket)
 
+    @property
+    def splice(self) -> bool:
+        """Whether one-to-one sessions may be spliced: the bytes must be on a plain socket, not under TLS."""
+        return splice.AVAILABLE and self.config.splice and self.ssl_context is None
+
     def reload(self) -> tuple[list[str], list[str]]:
         """Apply a freshly read configuration to new connections; sessions keep theirs.
 
@@ -160,7 +162,6 @@ class Relay:
             self.sealer = Sealer.from_secret(new.secret) if new.secret else None
         if {"tls_cert", "tls_key", "tls_client_ca"} & set(changed):
             self.ssl_context = tls_context(self.config)
-        self.splice = splice.AVAILABLE and self.config.splice and self.ssl_context is None
         live = [name for name in changed if name not in RESTART_ONLY]  # names only: never a secret's value
         fields = {"changed": ",".join(live) or "-", "needs_restart": ",".join(restart) or "-"}
         log.info("reloaded", extra={"fields": fields})
@@ -177,8 +178,6 @@ class Relay:
         stats.bytes_in += session.bytes_in
         stats.bytes_out += session.bytes_out
         stats.bytes_dropped += session.dropped
-        if session.outcome is Outcome.REFUSED:
-            stats.refused += 1
         assert session.outcome is not None
         stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
         loggable = session.outcome is not Outcome.REFUSED or self._may_log_refusal()

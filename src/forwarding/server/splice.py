@@ -26,6 +26,7 @@ does (its receiver left).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 from typing import TYPE_CHECKING
@@ -132,13 +133,17 @@ class Pump:
     def _writable(self) -> None:
         self._flush()
 
+    def _drain(self) -> None:
+        """Move what the pipe holds into the receiver's socket; raises when the socket stops taking it."""
+        while self._queued:
+            m = os.splice(self._pipe_r, self._dst, self._queued, flags=_FLAGS)
+            if m == 0:  # pragma: no cover - a socket never takes 0 of a non-empty pipe
+                raise BlockingIOError
+            self._queued -= m
+
     def _flush(self) -> None:
         try:
-            while self._queued:
-                m = os.splice(self._pipe_r, self._dst, self._queued, flags=_FLAGS)
-                if m == 0:  # pragma: no cover - a socket never takes 0 of a non-empty pipe
-                    raise BlockingIOError
-                self._queued -= m
+            self._drain()
         except BlockingIOError:
             self._stall()
             return
@@ -193,14 +198,8 @@ class Pump:
             return
         self._closed = True
         if self._queued:
-            try:
-                while self._queued:
-                    m = os.splice(self._pipe_r, self._dst, self._queued, flags=_FLAGS)
-                    if m == 0:  # pragma: no cover
-                        break
-                    self._queued -= m
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):  # BlockingIOError included
+                self._drain()
             self.receiver.dropped += self._queued
         loop = self._loop
         if self._stalled:
