@@ -132,6 +132,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help="forward one-to-one sessions through Python instead of splice(2) (for comparison)",
     )
     p.add_argument(
+        "--splice-after",
+        type=_size,
+        default=d.splice_after,
+        metavar="BYTES",
+        help=f"splice a one-to-one session after one read of this many bytes; 1 = at once (default {d.splice_after})",
+    )
+    p.add_argument(
         "--shutdown-grace",
         type=_positive,
         default=d.shutdown_grace,
@@ -223,6 +230,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         slow_receiver_timeout=args.slow_receiver_timeout,
         shutdown_grace=args.shutdown_grace,
         splice=args.splice,
+        splice_after=args.splice_after,
         admin_socket=args.admin_socket,
         metrics=args.metrics,
     )

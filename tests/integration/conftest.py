@@ -123,7 +123,9 @@ def server(start_server: Callable[..., ServerProcess]) -> ServerProcess:
 @pytest.fixture(params=["splice", "no-splice"])
 def forwarding_path(request: pytest.FixtureRequest) -> list[str]:
     """Server flags for each forwarding path: splice(2) pumps for one-to-one pairs, and Python."""
-    return [] if request.param == "splice" else ["--no-splice"]
+    # "--splice-after 1": pairs splice after their first read, whatever its size,
+    # so the suites cross from one path to the other mid-stream.
+    return ["--splice-after", "1"] if request.param == "splice" else ["--no-splice"]
 
 
 class Client:

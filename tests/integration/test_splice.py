@@ -8,6 +8,7 @@ that gets a pump's bytes and ordinary deliveries at once.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -17,7 +18,7 @@ import pytest
 
 from forwarding.server import splice
 
-from .conftest import TIMEOUT, handshake
+from .conftest import TIMEOUT, Client, ServerProcess, handshake
 from .test_forwarding import pump
 
 pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="no splice(2) on this platform")
@@ -29,11 +30,44 @@ def field(line: str, name: str) -> int:
     return int(m.group(1))
 
 
-def test_a_one_to_one_pair_is_spliced_both_ways(start_server):
-    server = start_server("--log-level", "debug")
+def sessions(admin_socket: str) -> dict[str, dict[str, object]]:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(TIMEOUT)
+        sock.connect(admin_socket)
+        sock.sendall(b'{"cmd": "sessions"}\n')
+        reply = sock.makefile("rb").readline()
+    return {row["chid"]: row for row in json.loads(reply)["sessions"]}
+
+
+def test_small_messages_stay_on_the_ordinary_path_and_a_stream_is_spliced(start_server, tmp_path):
+    admin = str(tmp_path / "admin.sock")
+    server = start_server("--log-level", "debug", "--admin-socket", admin)
     b, _ = handshake(server, "b", ["a"])
     a, _ = handshake(server, "a", ["b"])
-    # The later session splices at once, and takes its partner along.
+    for _ in range(50):  # ping-pong: every read is 64 bytes, below --splice-after
+        a.sock.sendall(bytes(64))
+        b.sock.sendall(b.recv_exactly(64))
+        assert a.recv_exactly(64) == bytes(64)
+    assert [row["spliced"] for row in sessions(admin).values()] == [False, False]
+    big = os.urandom(1 << 20)
+    a.sock.sendall(big)  # reads of 16 KiB and more: a stream
+    assert b.recv_exactly(len(big)) == big
+    server.wait_for_log(r'splicing chid="a" recver="b"')
+    listing = sessions(admin)
+    assert listing["a"]["spliced"] is True and listing["b"]["spliced"] is False
+    b.sock.sendall(b"small reply")
+    assert a.recv_exactly(11) == b"small reply"
+    assert sessions(admin)["b"]["spliced"] is False
+
+
+def test_a_one_to_one_pair_is_spliced_both_ways(start_server):
+    server = start_server("--log-level", "debug", "--splice-after", "1")
+    b, _ = handshake(server, "b", ["a"])
+    a, _ = handshake(server, "a", ["b"])
+    # With --splice-after 1, each side splices after its first read.
+    a.sock.sendall(b"x")
+    b.sock.sendall(b"y")
+    assert b.recv_exactly(1) == b"x" and a.recv_exactly(1) == b"y"
     server.wait_for_log(r'splicing chid="a" recver="b"')
     server.wait_for_log(r'splicing chid="b" recver="a"')
     da, db = os.urandom(16 << 20), os.urandom(16 << 20)
@@ -45,7 +79,7 @@ def test_a_one_to_one_pair_is_spliced_both_ways(start_server):
     a.sock.shutdown(socket.SHUT_WR)
     line = server.closed_line("a")
     assert 'reason="client_closed"' in line
-    assert field(line, "in") == len(da) and field(line, "out") == len(db)
+    assert field(line, "in") == len(da) + 1 and field(line, "out") == len(db) + 1
 
 
 def test_no_splice_flag_and_fan_out_keep_the_ordinary_path(start_server):
@@ -64,20 +98,30 @@ def test_no_splice_flag_and_fan_out_keep_the_ordinary_path(start_server):
         assert not any("splicing" in line for line in srv.lines)
 
 
+def start_splicing(server: ServerProcess, tx: Client, rx: Client) -> None:
+    """With --splice-after 1, one byte from "tx" to "rx" starts tx's pump."""
+    tx.sock.sendall(b"!")
+    assert rx.recv_exactly(1) == b"!"
+    server.wait_for_log(r'splicing chid="tx" recver="rx"')
+
+
 def test_a_receiver_that_leaves_and_returns_gets_what_is_sent_after(start_server):
-    server = start_server("--log-level", "debug")
+    server = start_server("--log-level", "debug", "--splice-after", "1")
     rx, _ = handshake(server, "rx", ["tx"])
     tx, _ = handshake(server, "tx", ["rx"])
     first = os.urandom(1 << 20)
     tx.sock.sendall(first)
     assert rx.recv_exactly(len(first)) == first
+    server.wait_for_log(r'splicing chid="tx" recver="rx"')
     rx.close()
     server.closed_line("rx")
-    # The pump stopped with its receiver; when "rx" is back, tx splices again.
+    # The pump stopped with its receiver; when "rx" is back, tx's next read splices again.
     rx2, _ = handshake(server, "rx", ["tx"])
-    server.wait_for_count(r'splicing chid="tx" recver="rx"', 2)
     tx.sock.sendall(b"second life")
     assert rx2.recv_exactly(11) == b"second life"
+    server.wait_for_count(r'splicing chid="tx" recver="rx"', 2)
+    tx.sock.sendall(b", spliced")
+    assert rx2.recv_exactly(9) == b", spliced"
     rx2.close()
     server.wait_for_count(r'session closed chid="rx"', 2)
     # With no receiver, tx is read the ordinary way: bytes are dropped and counted.
@@ -85,14 +129,15 @@ def test_a_receiver_that_leaves_and_returns_gets_what_is_sent_after(start_server
     tx.sock.shutdown(socket.SHUT_WR)
     line = server.closed_line("tx")
     assert field(line, "dropped") == len(b"into the void")
-    assert field(line, "in") == len(first) + 11 + 13
+    assert field(line, "in") == len(first) + 11 + 9 + 13
 
 
 def test_a_sender_that_ends_with_bytes_in_the_pipe_delivers_them_all(start_server):
-    server = start_server()
+    server = start_server("--log-level", "debug", "--splice-after", "1")
     rx, _ = handshake(server, "rx", ["tx"])
     rx.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
     tx, _ = handshake(server, "tx", ["rx"])
+    start_splicing(server, tx, rx)
     data = os.urandom(8 << 20)
 
     def send_and_close() -> None:
@@ -104,16 +149,16 @@ def test_a_sender_that_ends_with_bytes_in_the_pipe_delivers_them_all(start_serve
     assert rx.recv_exactly(len(data)) == data
     sender.join(TIMEOUT)
     line = server.closed_line("tx")
-    assert 'reason="client_closed"' in line and field(line, "in") == len(data)
+    assert 'reason="client_closed"' in line and field(line, "in") == 1 + len(data)
     assert field(line, "dropped") == 0
 
 
 def test_a_spliced_stream_and_a_broadcast_into_one_receiver_both_arrive_whole(start_server):
-    server = start_server("--log-level", "debug")
+    server = start_server("--log-level", "debug", "--splice-after", "1")
     rx, _ = handshake(server, "rx", ["tx"])
     tx, _ = handshake(server, "tx", ["rx"])
+    start_splicing(server, tx, rx)
     caster, _ = handshake(server, "caster", [])  # broadcast: reaches rx and tx
-    server.wait_for_log(r'splicing chid="tx" recver="rx"')
     n = 4 << 20
     t1, t2 = pump(tx.sock, b"A" * n), pump(caster.sock, b"B" * n)
     got = rx.recv_exactly(2 * n)

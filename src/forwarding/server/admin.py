@@ -83,6 +83,7 @@ class AdminProtocol(asyncio.Protocol):
                     "peer": s.peer,
                     "recvers": None if s.recvers is None else list(s.recvers),
                     "mode": "framed" if s.framed else "raw",
+                    "spliced": s.pump is not None,
                     "in": s.bytes_in,
                     "out": s.bytes_out,
                     "dropped": s.dropped,

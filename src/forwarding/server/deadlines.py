@@ -1,8 +1,9 @@
-"""Idle deadlines in shared buckets: one event-loop timer per tick that has any.
+"""Handshake and idle deadlines in shared buckets: one event-loop timer per tick that has any.
 
 A timer handle per session costs about 600 bytes in uvloop (the handle, its
 libuv timer and their wrappers); a set entry costs a few dozen. A relay holding
-100,000 idle sessions feels the difference, so sessions whose deadlines fall in
+100,000 idle sessions feels the difference, and a flood of new connections
+would pay for creating and cancelling a timer each; so deadlines that fall in
 the same ``tick`` share one bucket and one timer. A deadline fires up to one
 tick late, never early.
 """

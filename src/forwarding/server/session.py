@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
     from .relay import Relay
 
 log = logging.getLogger("forwarding.session")
+
+_NEVER = sys.maxsize  # a read size no read reaches: this session is not spliced
 
 
 class Session(asyncio.Protocol):
@@ -81,9 +84,10 @@ class Session(asyncio.Protocol):
         "_blockers",
         "_waiters",
         "_timer",
-        "_idle_slot",
+        "_deadline_slot",
         "_slow_timer",
         "pump",
+        "_splice_after",
         "_inbound",
         "_frames",
         "_subscribed",
@@ -120,10 +124,12 @@ class Session(asyncio.Protocol):
         self._write_paused = True
         self._blockers: set[Sink] | None = None  # receivers over their mark that this session sent to
         self._waiters: set[Sink] | None = None  # senders paused because of this session
-        self._timer: asyncio.TimerHandle | None = None  # TLS and handshake deadlines
-        self._idle_slot: int | None = None  # our bucket in relay.deadlines once established
+        self._timer: asyncio.TimerHandle | None = None  # the TLS handshake's deadline
+        # Our bucket in relay.deadlines: the handshake's deadline, then the idle one.
+        self._deadline_slot: int | None = None
         self._slow_timer: asyncio.TimerHandle | None = None
         self.pump: Pump | None = None  # splices this session's bytes to its one receiver
+        self._splice_after = _NEVER  # a read this large hands us to a pump (one receiver only)
         self._inbound: set[Pump] | None = None  # pumps that write into this session
         self._frames: FrameParser | None = None  # framed mode (hs3 "mode": "framed")
         self._subscribed = False  # framed: presence events on
@@ -192,11 +198,14 @@ class Session(asyncio.Protocol):
                 self._frames_received(data)
                 return
             # The hot path: no parsing, no copying, no logging.
-            self.bytes_in += len(data)
+            n = len(data)
+            self.bytes_in += n
             self.last_active = self._loop.time()
             dropped = self._router.route(self, self.recvers, data)
             if dropped:
                 self.dropped += dropped
+            if n >= self._splice_after:  # a streaming sender: try the zero-copy path
+                self._try_splice()
             return
         if self._hs is None or self.outcome is not None:
             return
@@ -356,9 +365,6 @@ class Session(asyncio.Protocol):
         assert hs is not None and self._transport is not None
         online = self._router.online(self.recvers) if self.recvers is not None else None
         trailing = hs.establish(online)
-        if self._timer is not None:  # the handshake deadline; the idle timer replaces it
-            self._timer.cancel()
-            self._timer = None
         if self._waiting:
             self._waiting = False
             self._router.unwatch(self._on_peer_online)
@@ -366,14 +372,10 @@ class Session(asyncio.Protocol):
                 self._transport.resume_reading()
         self._establish(hs.data_to_send())
         self._hs = None
+        if self._relay.splice and self.recvers is not None and len(self.recvers) == 1 and self._frames is None:
+            self._splice_after = self._config.splice_after
         if trailing:
             self.data_received(trailing)
-        if self._relay.splice and self.recvers is not None and len(self.recvers) == 1:
-            self._try_splice()
-            # A partner that came online first and sends only to us could not splice then.
-            partner = self._router.local_sink(self.recvers[0])
-            if isinstance(partner, Session) and partner.recvers == (self.chid,):
-                partner._try_splice()
 
     # -- framed mode (docs/protocol.md, section 12) -------------------------------
 
@@ -453,8 +455,10 @@ class Session(asyncio.Protocol):
     def _try_splice(self) -> None:
         """Hand forwarding to a splice pump if this session sends to one plain local receiver.
 
-        Only when nothing of ours can still be queued for that receiver: its
-        transport buffer is empty and we are not throttled.
+        Called after a read of at least ``splice_after`` bytes, so only streams
+        are spliced. Only when nothing of ours can still be queued for that
+        receiver: its transport buffer is empty and we are not throttled;
+        otherwise a later large read tries again.
         """
         if self.pump is not None or self.outcome is not None or self._blockers or not self.established:
             return
@@ -541,14 +545,16 @@ class Session(asyncio.Protocol):
 
     # -- timers --------------------------------------------------------------
 
+    # Both the handshake's deadline and the idle timeout sit in the relay's shared
+    # 0.1-s buckets (server/deadlines.py): no timer handle per connection.
+
     def _arm_handshake_timer(self) -> None:
         assert self._hs is not None and self._hs.deadline is not None
-        self._timer = self._loop.call_at(self._hs.deadline, self._handshake_timer_fired)
+        self._deadline_slot = self._relay.deadlines.add(self, self._hs.deadline)
 
-    def _handshake_timer_fired(self) -> None:
-        self._timer = None
+    def _handshake_expired(self) -> None:
         hs = self._hs
-        if hs is None or self.outcome is not None:
+        if hs is None:  # pragma: no cover - established sessions take the idle branch
             return
         now = self._loop.time()
         if hs.deadline is not None and now < hs.deadline:  # pragma: no cover - early by clock resolution
@@ -565,13 +571,18 @@ class Session(asyncio.Protocol):
             self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc, event.code)
 
     def _arm_idle_timer(self) -> None:
-        self._idle_slot = self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
+        if self._deadline_slot is not None:  # the handshake's, still pending
+            self._relay.deadlines.discard(self, self._deadline_slot)
+        self._deadline_slot = self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
 
     def deadline_passed(self) -> None:
-        # Activity only stamps last_active; the deadline is re-armed for the time left.
-        self._idle_slot = None
+        self._deadline_slot = None
         if self.outcome is not None:
             return
+        if not self.established:
+            self._handshake_expired()
+            return
+        # Activity only stamps last_active; the deadline is re-armed for the time left.
         if self._loop.time() - self.last_active >= self.idle_timeout:
             self.close(Outcome.IDLE_TIMEOUT, f"no data in either direction for {self.idle_timeout:g} s")
         else:
@@ -639,9 +650,9 @@ class Session(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._slow_timer = None
-        if self._idle_slot is not None:
-            self._relay.deadlines.discard(self, self._idle_slot)
-            self._idle_slot = None
+        if self._deadline_slot is not None:
+            self._relay.deadlines.discard(self, self._deadline_slot)
+            self._deadline_slot = None
         self._pending = None
         self._release_waiters()
         blockers, self._blockers = self._blockers, None

@@ -5,6 +5,11 @@ process, its bytes need never enter Python: a :class:`Pump` moves them from the
 sender's socket into a kernel pipe and from the pipe into the receiver's socket.
 That saves two copies and the per-chunk Python work of the ordinary path.
 
+A session is handed to a pump after one read of at least ``splice_after`` bytes
+(16 KiB by default): a sender that fills reads that large is streaming. Small
+messages stay on the ordinary path, where one read and one write through
+Python wake the receiver sooner than two splices through a pipe.
+
 The ordinary path's rules still hold:
 
 * order: a pump starts only when the receiver's transport has nothing queued, so

@@ -55,8 +55,9 @@ def _show(sessions: list[dict[str, Any]]) -> None:
         table.add_column(column, justify="right" if column in ("in", "out", "dropped", "age s", "idle s") else "left")
     for s in sessions:
         recvers = "*" if s["recvers"] is None else ",".join(s["recvers"])
+        mode = s["mode"] + (", spliced" if s.get("spliced") else "")
         table.add_row(
-            s["chid"], s["peer"], recvers, s["mode"], str(s["in"]), str(s["out"]), str(s["dropped"]),
+            s["chid"], s["peer"], recvers, mode, str(s["in"]), str(s["out"]), str(s["dropped"]),
             f"{s['age']:.0f}", f"{s['idle']:.0f}",
         )  # fmt: skip
     Console().print(table)
