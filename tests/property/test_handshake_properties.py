@@ -59,3 +59,38 @@ def test_parse_request_raises_only_handshake_error(value):
         parse_request(json.dumps(value).encode())
     except HandshakeError as exc:
         assert exc.desc
+
+
+@given(st.dictionaries(st.text(max_size=8), json_values, max_size=6))
+def test_encode_writes_what_json_dumps_writes(obj):
+    # messages.encode keeps one C encoder instead of json.dumps' new one per call.
+    from forwarding.protocol.messages import encode
+
+    assert encode(obj) == json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+
+
+lines = st.one_of(
+    json_values.map(json.dumps),
+    st.text(max_size=40),
+    st.tuples(requests.map(json.dumps), st.text(max_size=4)).map("".join),  # a request, then maybe more
+)
+
+
+@given(lines, st.sampled_from(["", " ", "\t", " \r"]))
+def test_parse_request_reads_json_as_json_loads_does(text, pad):
+    # parse_request uses raw_decode plus a check for trailing bytes instead of json.loads.
+    line = (pad + text + pad).encode()
+    invalid = object()
+    try:
+        expected = json.loads(line)
+    except ValueError:
+        expected = invalid
+    try:
+        parse_request(line)
+    except HandshakeError as exc:
+        if expected is invalid:
+            assert exc.desc == "handshake line is not valid JSON"
+        else:  # valid JSON, refused for what it says
+            assert exc.desc != "handshake line is not valid JSON"
+    else:
+        assert isinstance(expected, dict)

@@ -5,7 +5,8 @@ docs/protocol.md, "Channel ids", is the contract this module implements.
 
 from __future__ import annotations
 
-import secrets
+import base64
+import os
 
 MAX_CHID_LENGTH = 128
 """Longest chid accepted, in characters (Unicode code points)."""
@@ -15,8 +16,12 @@ GENERATED_CHID_BYTES = 16
 
 
 def generate_chid() -> str:
-    """A fresh chid: 22 URL-safe base64 characters carrying 128 random bits."""
-    return secrets.token_urlsafe(GENERATED_CHID_BYTES)
+    """A fresh chid: 22 URL-safe base64 characters carrying 128 random bits.
+
+    What ``secrets.token_urlsafe`` does, from the same source (``os.urandom``),
+    without its two Python calls: this runs once per handshake.
+    """
+    return base64.urlsafe_b64encode(os.urandom(GENERATED_CHID_BYTES)).rstrip(b"=").decode("ascii")
 
 
 def chid_problem(chid: str) -> str | None:

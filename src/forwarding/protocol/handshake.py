@@ -130,7 +130,8 @@ class ServerHandshake:
         self._lines.feed(data)
 
     def next_event(self) -> Event | _Sentinel:
-        if self.state not in TRANSITIONS:
+        transitions = TRANSITIONS.get(self.state)
+        if transitions is None:
             return PAUSED
         try:
             line = self._lines.next_line()
@@ -143,7 +144,7 @@ class ServerHandshake:
                 line = self._sealer.open(line, _EXPECTED[self.state])
                 self._opened = True
             request = parse_request(line)
-            next_state = TRANSITIONS[self.state].get(type(request))
+            next_state = transitions.get(type(request))
             if next_state is None:
                 raise HandshakeError(f"expected {_EXPECTED[self.state]}, got {_step(request)}")
             if isinstance(request, Hs3) and self.challenge is not None and request.challenge != self.challenge:

@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
 from .chid import chid_problem
+
+_DECODER = json.JSONDecoder()
+_JSON_WHITESPACE = " \t\n\r"
 
 MAX_RECVERS = 1024
 """Most chids one hs3 may name. Bounds the work and memory of one session's routing."""
@@ -77,10 +82,15 @@ def parse_request(line: bytes) -> Request:
         text = line.decode("utf-8")
     except UnicodeDecodeError:
         raise HandshakeError("handshake line is not valid UTF-8") from None
+    text = text.strip(_JSON_WHITESPACE)
     try:
-        obj = json.loads(text)
+        # raw_decode skips json.loads' wrappers (one line, one small object, per step);
+        # it stops after the value, so whatever follows it makes the line invalid.
+        obj, end = _DECODER.raw_decode(text)
     except (json.JSONDecodeError, RecursionError):
         raise HandshakeError("handshake line is not valid JSON") from None
+    if end != len(text):
+        raise HandshakeError("handshake line is not valid JSON")
     if not isinstance(obj, dict):
         raise HandshakeError("handshake line must be a JSON object")
     req = obj.get("req")
@@ -157,7 +167,17 @@ def quote(text: str, limit: int = 32) -> str:
 
 def encode(obj: dict[str, Any]) -> bytes:
     """One reply line: compact JSON, UTF-8, terminated by ``\\n``."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    return "".join(_iterencode(obj, 0)).encode() + b"\n"
+
+
+# Every handshake encodes two replies, and json.dumps builds a new encoder for
+# each: about half the cost of a small reply. So build the encoder json.dumps
+# would build (CPython's C one, with the same arguments) once; where the C
+# encoder is missing, keep one Python encoder.
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
+_iterencode: Callable[[dict[str, Any], int], Iterable[str]] = lambda obj, _level: _ENCODER.iterencode(obj)  # noqa: E731
+if c_make_encoder is not None:
+    _iterencode = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
 
 
 def hs2(chid: str, challenge: str | None = None) -> dict[str, Any]:
