@@ -23,6 +23,9 @@ from pathlib import Path
 
 from forwarding import sync
 
+ROOT = Path(__file__).resolve().parent.parent
+"""The repository: benchmarks.lean runs from here."""
+
 CHUNK = 256 * 1024
 SOCKBUF = 4 * 1024 * 1024
 SECRET = "bench-secret"
@@ -181,17 +184,19 @@ class Relay:
         "1000000",
     )
 
-    def __init__(self, *args: str, nofile: int | None = None) -> None:
+    def __init__(self, *args: str, nofile: int | None = None, lean: bool = False) -> None:
+        """``lean``: run benchmarks/lean.py, the relay with timeouts and limits stubbed out."""
         self.port = free_port()
         self.address = ("127.0.0.1", self.port)
-        cmd = [sys.executable, "-m", "forwarding", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        server = ["benchmarks.lean"] if lean else ["forwarding", "serve"]
+        cmd = [sys.executable, "-m", *server, "--host", "127.0.0.1", "--port", str(self.port)]
         cmd += ["--log-level", "error", *self.LOAD_FLAGS, *args]
 
         def limits() -> None:
             if nofile:
                 raise_nofile(nofile)
 
-        self.proc = subprocess.Popen(cmd, preexec_fn=limits)
+        self.proc = subprocess.Popen(cmd, preexec_fn=limits, cwd=ROOT)
         self.pid = self.proc.pid
         self._wait_listening()
 

@@ -65,18 +65,22 @@ def _plain_session(address: tuple[str, int]) -> socket.socket:
 
 def measure(security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:
     with Relay(*security.server_args) as relay:
-        q: Queue[object] = mp.Queue()
-        go = mp.Barrier(connectors + 1)  # every connector is up and has its key
-        args = (relay.address, security, seconds, go, q)
-        procs = [mp.Process(target=_connector, args=args) for _ in range(connectors)]
-        for p in procs:
-            p.start()
-        go.wait(60)
-        cpu0 = cpu_seconds(relay.pid)
-        total = sum(int(q.get(timeout=seconds + 60)) for _ in procs)  # type: ignore[call-overload]
-        cpu = cpu_seconds(relay.pid) - cpu0
-        for p in procs:
-            p.join(30)
+        return measure_on(relay, security, seconds, connectors)
+
+
+def measure_on(relay: Relay, security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:
+    q: Queue[object] = mp.Queue()
+    go = mp.Barrier(connectors + 1)  # every connector is up and has its key
+    args = (relay.address, security, seconds, go, q)
+    procs = [mp.Process(target=_connector, args=args) for _ in range(connectors)]
+    for p in procs:
+        p.start()
+    go.wait(60)
+    cpu0 = cpu_seconds(relay.pid)
+    total = sum(int(q.get(timeout=seconds + 60)) for _ in procs)  # type: ignore[call-overload]
+    cpu = cpu_seconds(relay.pid) - cpu0
+    for p in procs:
+        p.join(30)
     return {"per_second": total / seconds, "per_cpu_second": total / cpu if cpu else None}
 
 

@@ -40,10 +40,10 @@ def _holder(address: tuple[str, int], start: int, count: int, done: mp.Queue[obj
         s.close()
 
 
-def measure(n: int, workers: int = 4) -> dict[str, float | None]:
+def measure(n: int, workers: int = 4, args: tuple[str, ...] = (), lean: bool = False) -> dict[str, float | None]:
     if not raise_nofile(n + 1000):
         return {"sessions": n, "kib_per_session": None, "hard_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
-    with Relay(nofile=n + 1000) as relay:
+    with Relay(*args, nofile=n + 1000, lean=lean) as relay:
         before = rss_kib(relay.pid)
         done: mp.Queue[object] = mp.Queue()
         release = mp.Event()

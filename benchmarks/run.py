@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fanout, handshakes, idle, latency, pairs, throughput
+from . import fanout, features, handshakes, idle, latency, pairs, throughput
 from .common import Table, fmt, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +37,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             "idle": lambda: idle.run(counts=(200,)),
             "handshakes": lambda: handshakes.run(sec, seconds=0.3),
             "pairs": lambda: pairs.run(sec, pairs=8, size=256 << 10, runs=1),
+            "features": lambda: features.run(runs=1, size=4 << 20, rounds=50, hs_seconds=0.3, idle_sessions=50),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -45,6 +46,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "idle": lambda: idle.run(),
         "handshakes": lambda: handshakes.run(sec),
         "pairs": lambda: pairs.run(sec, runs=5),
+        "features": lambda: features.run(),
     }
 
 
@@ -136,6 +138,11 @@ def targets(tables: dict[str, Table]) -> Table | None:
     if hs and "plain" in hs.data:
         rate = hs.data["plain"]["per_cpu_second"]
         check("plain handshakes per relay CPU second", ">= 5000", rate, rate is not None and rate >= 5000, 0)
+    ft = tables.get("features")
+    if ft and ft.data:
+        worst = max(ft.data.items(), key=lambda kv: kv[1]["cost"] or 0.0)
+        cost = worst[1]["cost"] or 0.0
+        check(f"feature cost, worst measure of scenario 8 ({worst[0]})", "<= 10%", cost * 100, cost <= 0.10, 1)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
