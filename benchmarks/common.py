@@ -83,6 +83,12 @@ def rss_kib(pid: int, field: str = "VmRSS") -> int:
     raise RuntimeError(f"no {field} for {pid}")
 
 
+def rotated(names: list[str], i: int) -> list[str]:
+    """Run ``i``'s order: each path goes first in turn, so none always follows the same one."""
+    k = i % len(names)
+    return names[k:] + names[:k]
+
+
 def median(values: Iterable[float]) -> float:
     return statistics.median(list(values))
 

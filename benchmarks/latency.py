@@ -9,9 +9,10 @@ from __future__ import annotations
 import multiprocessing as mp
 import socket
 import time
+from collections.abc import Callable
 from multiprocessing.queues import Queue
 
-from .common import Relay, Socat, Table, connect, fmt, have_socat, plain_handshake, tune
+from .common import Relay, Socat, Table, connect, fmt, have_socat, plain_handshake, rotated, tune
 
 MSG = 64
 
@@ -99,18 +100,22 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
-def run(rounds: int = 20000, warmup: int = 1000, runs: int = 3) -> Table:
+def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
     samples: dict[str, list[float]] = {"direct": [], "relay": [], "relay --no-splice": []}
     socat = have_socat()
     if socat:
         samples["socat -b 262144"] = []
     with Relay() as spliced, Relay("--no-splice") as plain:
-        for _ in range(runs):
-            samples["direct"] += direct(rounds, warmup)
-            samples["relay"] += via_relay(rounds, warmup, spliced)
-            samples["relay --no-splice"] += via_relay(rounds, warmup, plain)
-            if socat:
-                samples["socat -b 262144"] += via_socat(rounds, warmup)
+        paths: dict[str, Callable[[], list[float]]] = {
+            "direct": lambda: direct(rounds, warmup),
+            "relay": lambda: via_relay(rounds, warmup, spliced),
+            "relay --no-splice": lambda: via_relay(rounds, warmup, plain),
+        }
+        if socat:
+            paths["socat -b 262144"] = lambda: via_socat(rounds, warmup)
+        for i in range(runs):
+            for name in rotated(list(paths), i):
+                samples[name] += paths[name]()
     data: dict[str, dict[str, float | None]] = {
         name: {"p50": percentile(s, 50), "p99": percentile(s, 99), "p99.9": percentile(s, 99.9)}
         for name, s in samples.items()
@@ -120,6 +125,8 @@ def run(rounds: int = 20000, warmup: int = 1000, runs: int = 3) -> Table:
         "3. Latency (64-byte ping-pong, round trip)",
         ["path", "p50 µs", "p99 µs", "p99.9 µs"],
         rows,
-        [f"{rounds} round trips per run after {warmup} warm-up, {runs} runs alternating, all samples pooled."],
+        [
+            f"{rounds} round trips per run after {warmup} warm-up, {runs} runs, each path first in turn, all samples pooled."
+        ],
         data,
     )

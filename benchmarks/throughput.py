@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import socket
+from collections.abc import Callable
 
 from .common import (
     Relay,
@@ -22,6 +23,7 @@ from .common import (
     median,
     plain_handshake,
     recv_bytes,
+    rotated,
     send_bytes,
     tune,
 )
@@ -89,12 +91,16 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
     if socat:
         samples["socat -b 262144"] = []
     with Relay() as spliced, Relay("--no-splice") as plain:
-        for _ in range(runs):  # alternate, so that drift hits every path alike
-            samples["direct"].append(direct(size))
-            samples["relay"].append(via_relay(size, spliced))
-            samples["relay --no-splice"].append(via_relay(size, plain))
-            if socat:
-                samples["socat -b 262144"].append(via_socat(size))
+        paths: dict[str, Callable[[], tuple[float, float | None]]] = {
+            "direct": lambda: direct(size),
+            "relay": lambda: via_relay(size, spliced),
+            "relay --no-splice": lambda: via_relay(size, plain),
+        }
+        if socat:
+            paths["socat -b 262144"] = lambda: via_socat(size)
+        for i in range(runs):  # alternate, so that drift hits every path alike
+            for name in rotated(list(paths), i):
+                samples[name].append(paths[name]())
     data: dict[str, dict[str, float | None]] = {}
     for name, rs in samples.items():
         cpus = [c for _, c in rs if c is not None]
@@ -107,7 +113,7 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
         vs_socat = fmt(mbps / (ref["mbps"] or 1)) if ref else ""
         cpu_vs = fmt(cpu / (ref["cpu_per_gib"] or 1)) if ref and cpu is not None else ""
         rows.append([name, fmt(mbps, 0), fmt(mbps / top), vs_socat, fmt(cpu, 3), cpu_vs])
-    notes = [f"{size >> 20} MiB per run, {runs} runs alternating, medians."]
+    notes = [f"{size >> 20} MiB per run, {runs} runs, each path first in turn, medians."]
     if not socat:
         notes.append("socat is not installed: its column is missing (`apt-get install socat`).")
     return Table(
