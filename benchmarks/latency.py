@@ -126,7 +126,8 @@ def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
         ["path", "p50 µs", "p99 µs", "p99.9 µs"],
         rows,
         [
-            f"{rounds} round trips per run after {warmup} warm-up, {runs} runs, each path first in turn, all samples pooled."
+            f"{rounds} round trips per run after {warmup} warm-up, {runs} runs, each path first in turn, "
+            "all samples pooled."
         ],
         data,
     )
