@@ -80,13 +80,6 @@ class Relay:
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen on every configured host; return the bound ``(host, port)`` pairs."""
-        # The operator's side first: when clients can connect, everything is up.
-        if self.config.admin_socket:
-            self._servers.append(await admin.start(self, self.config.admin_socket))
-        if self.config.metrics:
-            from . import metrics  # prometheus-client is only imported when asked for
-
-            self._servers.append(await metrics.start(self, *self.config.metrics))
 
         def protocol() -> asyncio.Protocol:
             # Read at each accept: a reload may change the certificate.
@@ -108,6 +101,12 @@ class Relay:
             # no cost per connection.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         bound = [sock.getsockname()[:2] for sock in server.sockets]
+        if self.config.admin_socket:
+            self._servers.append(await admin.start(self, self.config.admin_socket))
+        if self.config.metrics:
+            from . import metrics  # prometheus-client is only imported when asked for
+
+            self._servers.append(await metrics.start(self, *self.config.metrics))
         for host, port in bound:
             fields = {
                 "address": _address(host, port),
