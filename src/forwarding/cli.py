@@ -368,6 +368,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         logs.configure(args.log_level, args.log_format)
         from .server.relay import run
 
-        run(config, args.loop, reloader=lambda: _reread(argv))
+        try:
+            run(config, args.loop, reloader=lambda: _reread(argv))
+        except OSError as exc:  # at start: a port or the admin socket in use, an address not ours
+            print(f"forwarding serve: cannot start: {exc}", file=sys.stderr)
+            sys.exit(1)
     else:  # pragma: no cover - argparse rejects unknown commands
         sys.exit(2)

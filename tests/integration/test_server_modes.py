@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 
@@ -132,3 +134,20 @@ def test_prometheus_metrics_count_sessions_bytes_and_reasons(start_server):
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=TIMEOUT)
     assert err.value.code == 404
+
+
+def test_a_second_relay_on_a_taken_port_or_admin_socket_says_so_and_leaves_the_first_alone(start_server, tmp_path):
+    admin = str(tmp_path / "admin.sock")
+    first = start_server("--admin-socket", admin)
+    serve = [sys.executable, "-m", "forwarding", "serve", "--host", "127.0.0.1"]
+    for extra in (["--port", str(first.port)], ["--port", "0", "--admin-socket", admin]):
+        second = subprocess.run(serve + extra, capture_output=True, text=True, timeout=TIMEOUT)
+        assert second.returncode == 1, second.stderr
+        assert "forwarding serve: cannot start:" in second.stderr and "Traceback" not in second.stderr
+    assert "belongs to a running relay" in second.stderr
+    with socket.socket(socket.AF_UNIX) as sock:  # the first relay's admin socket still answers
+        sock.settimeout(TIMEOUT)
+        sock.connect(admin)
+        sock.sendall(b'{"cmd": "sessions"}\n')
+        assert json.loads(sock.makefile("rb").readline())["ok"] is True
+    handshake(first, "still-up", [])

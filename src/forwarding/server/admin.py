@@ -12,9 +12,11 @@ one JSON line; ``forwarding admin PATH ...`` speaks it (docs/operations.md):
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
+import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol.linebuffer import LineBuffer, LineTooLong
@@ -29,6 +31,8 @@ MAX_REQUEST = 4096
 
 async def start(relay: Relay, path: str) -> asyncio.AbstractServer:
     if os.path.exists(path):
+        if _answers(path):
+            raise OSError(errno.EADDRINUSE, f"admin socket {path} belongs to a running relay")
         os.unlink(path)  # a stale socket from an earlier run
     old = os.umask(0o177)
     try:
@@ -37,6 +41,16 @@ async def start(relay: Relay, path: str) -> asyncio.AbstractServer:
         os.umask(old)
     log.info("admin socket", extra={"fields": {"path": path}})
     return server
+
+
+def _answers(path: str) -> bool:
+    """Whether something listens on the Unix socket at ``path`` (a stale one refuses)."""
+    with socket.socket(socket.AF_UNIX) as probe:
+        try:
+            probe.connect(path)
+        except OSError:
+            return False
+    return True
 
 
 class AdminProtocol(asyncio.Protocol):
