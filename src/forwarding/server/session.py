@@ -377,6 +377,46 @@ class Session(asyncio.Protocol):
         if trailing:
             self.data_received(trailing)
 
+    def _refuse(self, outcome: Outcome, desc: str, code: str) -> None:
+        """Send FAIL (queued by the core unless it failed the handshake itself) and close."""
+        assert self._hs is not None
+        if self._hs.state is not State.FAILED:
+            self._hs.fail(desc, code)
+        self.outcome = outcome
+        self.desc = desc
+        self._flush_handshake()
+        self._close()
+
+    def _flush_handshake(self) -> None:
+        if self._hs is not None and self._transport is not None:
+            out = self._hs.data_to_send()
+            if out:
+                self._transport.write(out)
+
+    def _establish(self, hs4: bytes) -> None:
+        """Write hs4 and whatever was delivered while waiting, then go live."""
+        transport = self._transport
+        assert transport is not None
+        pending, self._pending = self._pending, None
+        self._write_paused = False
+        self.established = True
+        if hs4:
+            transport.write(hs4)
+        for chunk in pending or ():
+            transport.write(chunk)
+        self.last_active = self._loop.time()
+        self._arm_idle_timer()
+        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+            fields = {
+                "chid": self.chid,
+                "peer": self.peer,
+                "recvers": _recvers_text(self.recvers),
+                "mode": "framed" if self._frames is not None else "raw",
+            }
+            log.info("session open", extra={"fields": fields})
+        if not self._write_paused:
+            self._release_waiters()
+
     # -- framed mode (docs/protocol.md, section 12) -------------------------------
 
     def _frames_received(self, data: bytes) -> None:
@@ -502,46 +542,6 @@ class Session(asyncio.Protocol):
     def inbound_pump_stopped(self, pump: Pump) -> None:
         if self._inbound is not None:
             self._inbound.discard(pump)
-
-    def _refuse(self, outcome: Outcome, desc: str, code: str) -> None:
-        """Send FAIL (queued by the core unless it failed the handshake itself) and close."""
-        assert self._hs is not None
-        if self._hs.state is not State.FAILED:
-            self._hs.fail(desc, code)
-        self.outcome = outcome
-        self.desc = desc
-        self._flush_handshake()
-        self._close()
-
-    def _flush_handshake(self) -> None:
-        if self._hs is not None and self._transport is not None:
-            out = self._hs.data_to_send()
-            if out:
-                self._transport.write(out)
-
-    def _establish(self, hs4: bytes) -> None:
-        """Write hs4 and whatever was delivered while waiting, then go live."""
-        transport = self._transport
-        assert transport is not None
-        pending, self._pending = self._pending, None
-        self._write_paused = False
-        self.established = True
-        if hs4:
-            transport.write(hs4)
-        for chunk in pending or ():
-            transport.write(chunk)
-        self.last_active = self._loop.time()
-        self._arm_idle_timer()
-        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
-            fields = {
-                "chid": self.chid,
-                "peer": self.peer,
-                "recvers": _recvers_text(self.recvers),
-                "mode": "framed" if self._frames is not None else "raw",
-            }
-            log.info("session open", extra={"fields": fields})
-        if not self._write_paused:
-            self._release_waiters()
 
     # -- timers --------------------------------------------------------------
 
