@@ -50,6 +50,7 @@ _PLAIN_REQUEST = _PLAIN.hs1() + _PLAIN.hs3()
 
 def _plain_session(address: tuple[str, int]) -> socket.socket:
     sock = socket.socket()
+    sock.settimeout(10)  # a relay that stops answering fails the run instead of hanging it
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.connect(address)
     sock.sendall(_PLAIN_REQUEST)
