@@ -39,15 +39,20 @@ def test_64_mib_of_random_bytes_arrive_intact_and_in_order(server):
     assert hashlib.sha256(got).digest() == hashlib.sha256(data).digest()
 
 
-def test_both_directions_at_once(server):
-    a, _ = handshake(server, "a", ["b"])
-    b, _ = handshake(server, "b", ["a"])
-    da, db = os.urandom(8 << 20), os.urandom(8 << 20)
+def exchange(a: Client, b: Client, size: int) -> None:
+    """``size`` random bytes each way at once; each side gets the other's, intact."""
+    da, db = os.urandom(size), os.urandom(size)
     ta, tb = pump(a.sock, da), pump(b.sock, db)
     assert b.recv_exactly(len(da)) == da
     assert a.recv_exactly(len(db)) == db
     ta.join(TIMEOUT)
     tb.join(TIMEOUT)
+
+
+def test_both_directions_at_once(server):
+    a, _ = handshake(server, "a", ["b"])
+    b, _ = handshake(server, "b", ["a"])
+    exchange(a, b, 8 << 20)
 
 
 def test_fan_out_reaches_every_named_receiver_and_no_one_else(server):

@@ -19,7 +19,7 @@ import pytest
 from forwarding.server import splice
 
 from .conftest import TIMEOUT, Client, ServerProcess, handshake
-from .test_forwarding import pump
+from .test_forwarding import exchange, pump
 
 pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="no splice(2) on this platform")
 
@@ -70,16 +70,12 @@ def test_a_one_to_one_pair_is_spliced_both_ways(start_server):
     assert b.recv_exactly(1) == b"x" and a.recv_exactly(1) == b"y"
     server.wait_for_log(r'splicing chid="a" recver="b"')
     server.wait_for_log(r'splicing chid="b" recver="a"')
-    da, db = os.urandom(16 << 20), os.urandom(16 << 20)
-    ta, tb = pump(a.sock, da), pump(b.sock, db)
-    assert b.recv_exactly(len(da)) == da
-    assert a.recv_exactly(len(db)) == db
-    ta.join(TIMEOUT)
-    tb.join(TIMEOUT)
+    size = 16 << 20
+    exchange(a, b, size)
     a.sock.shutdown(socket.SHUT_WR)
     line = server.closed_line("a")
     assert 'reason="client_closed"' in line
-    assert field(line, "in") == len(da) + 1 and field(line, "out") == len(db) + 1
+    assert field(line, "in") == size + 1 and field(line, "out") == size + 1
 
 
 def test_no_splice_flag_and_fan_out_keep_the_ordinary_path(start_server):

@@ -175,7 +175,13 @@ def encode(obj: dict[str, Any]) -> bytes:
 # would build (CPython's C one, with the same arguments) once; where the C
 # encoder is missing, keep one Python encoder.
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False)
-_iterencode: Callable[[dict[str, Any], int], Iterable[str]] = lambda obj, _level: _ENCODER.iterencode(obj)  # noqa: E731
+
+
+def _python_iterencode(obj: dict[str, Any], _level: int) -> Iterable[str]:
+    return _ENCODER.iterencode(obj)
+
+
+_iterencode: Callable[[dict[str, Any], int], Iterable[str]] = _python_iterencode
 if c_make_encoder is not None:
     _iterencode = c_make_encoder(None, _ENCODER.default, encode_basestring, None, ":", ",", False, False, True)
 
