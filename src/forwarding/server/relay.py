@@ -249,14 +249,17 @@ def loop_factory(name: str = "auto") -> Callable[[], asyncio.AbstractEventLoop]:
 
 async def serve_until_signalled(config: ServerConfig, reloader: Callable[[], ServerConfig] | None = None) -> None:
     relay = Relay(config, reloader=reloader)
-    await relay.start()
-    log.debug("event loop", extra={"fields": {"loop": type(asyncio.get_running_loop()).__module__}})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # The handlers go in before start() logs "listening": whoever waits for that
+    # line may signal at once, and a signal before them would kill the process
+    # with KeyboardInterrupt instead of stopping it cleanly.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_logged, relay)
+    await relay.start()
+    log.debug("event loop", extra={"fields": {"loop": type(loop).__module__}})
     await stop.wait()
     log.info("stopping", extra={"fields": {"sessions": len(relay.sessions)}})
     await relay.stop()
