@@ -518,8 +518,8 @@ class Session(asyncio.Protocol):
                 self._loop,
                 self,
                 receiver,
-                self._transport.get_extra_info("socket").fileno(),
-                dst.get_extra_info("socket").fileno(),
+                self._transport.get_extra_info("socket"),
+                dst.get_extra_info("socket"),
                 min(self._config.write_buffer_high, 1 << 20),
                 self._config.slow_receiver_timeout,
             )
@@ -530,7 +530,10 @@ class Session(asyncio.Protocol):
         if receiver._inbound is None:
             receiver._inbound = set()
         receiver._inbound.add(self.pump)
-        log.debug("splicing", extra={"fields": {"chid": self.chid, "recver": receiver.chid}})
+        if log.isEnabledFor(logging.DEBUG):
+            pump = self.pump
+            fields = {"chid": self.chid, "recver": receiver.chid, "pipe": pump.pipe_size, "sndbuf": pump.sndbuf}
+            log.debug("splicing", extra={"fields": fields})
 
     def pump_stopped(self, pump: Pump) -> None:
         """Our pump closed; if we are still open (its receiver left), read the ordinary way."""
