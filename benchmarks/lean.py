@@ -15,7 +15,7 @@ import sys
 
 from forwarding import cli
 from forwarding.server.admission import Admission
-from forwarding.server.deadlines import Deadlines
+from forwarding.server.deadlines import Deadlines, Expiring
 
 
 def _admit(self: Admission, ip: str, now: float) -> str | None:
@@ -26,18 +26,18 @@ def _release(self: Admission, ip: str) -> None:
     return None
 
 
-def _add(self: Deadlines, item: object, when: float) -> int:
-    return 0
+def _add(self: Deadlines, item: Expiring, when: float) -> None:
+    return None
 
 
-def _discard(self: Deadlines, item: object, slot: int) -> None:
+def _discard(self: Deadlines, item: Expiring) -> None:
     return None
 
 
 Admission.admit = _admit  # type: ignore[method-assign]
 Admission.release = _release  # type: ignore[method-assign]
-Deadlines.add = _add  # type: ignore[method-assign,assignment]
-Deadlines.discard = _discard  # type: ignore[method-assign,assignment]
+Deadlines.add = _add  # type: ignore[method-assign]
+Deadlines.discard = _discard  # type: ignore[method-assign]
 
 if __name__ == "__main__":
     sys.exit(cli.main(["serve", *sys.argv[1:]]))

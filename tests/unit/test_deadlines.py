@@ -1,40 +1,127 @@
-"""Shared idle-deadline buckets: never early, in order, each item once, discard honoured."""
+"""Shared deadline buckets: never early, in order, each item once, discard and re-arm honoured."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
-from forwarding.server.deadlines import Deadlines
+from forwarding.server.deadlines import Deadlines, Expiring
 
 
-class Item:
-    def __init__(self, name: str, fired: list[tuple[str, float]]) -> None:
-        self.name, self.fired = name, fired
+class Item(Expiring):
+    __slots__ = ("name", "fired", "then")
+
+    def __init__(self, name: str, fired: list[tuple[str, float]], then: Callable[[], None] | None = None) -> None:
+        super().__init__()
+        self.name, self.fired, self.then = name, fired, then
 
     def deadline_passed(self) -> None:
         self.fired.append((self.name, asyncio.get_running_loop().time()))
+        if self.then is not None:
+            self.then()
+
+
+def run(main: Callable[[asyncio.AbstractEventLoop, Deadlines], object]) -> None:
+    async def wrapper() -> None:
+        loop = asyncio.get_running_loop()
+        await main(loop, Deadlines(loop, tick=0.01))  # type: ignore[misc]
+
+    asyncio.run(asyncio.wait_for(wrapper(), 5))
+
+
+async def until(fired: list[tuple[str, float]], n: int) -> None:
+    while len(fired) < n:
+        await asyncio.sleep(0.005)
 
 
 def test_deadlines_fire_in_order_never_early_and_can_be_discarded():
-    async def main() -> tuple[list[tuple[str, float]], dict[str, float]]:
-        loop = asyncio.get_running_loop()
-        deadlines = Deadlines(loop, tick=0.01)
-        fired: list[tuple[str, float]] = []
+    fired: list[tuple[str, float]] = []
+    whens: dict[str, float] = {}
+
+    async def main(loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
         now = loop.time()
-        whens = {"late": now + 0.05, "early": now + 0.02, "same-tick": now + 0.021}
+        whens.update({"late": now + 0.05, "early": now + 0.02, "same-tick": now + 0.021})
         for name, when in whens.items():
             deadlines.add(Item(name, fired), when)
         dropped = Item("discarded", fired)
-        deadlines.discard(dropped, deadlines.add(dropped, now + 0.03))
+        deadlines.add(dropped, now + 0.03)
+        deadlines.discard(dropped)
+        assert not dropped.deadline_pending and len(deadlines) == 3
         # "late" comes due after the discarded deadline's tick, so once it has
         # fired, the discarded one had its chance to (wrongly) fire too.
-        while len(fired) < len(whens):
-            await asyncio.sleep(0.005)
-        return fired, whens
+        await until(fired, len(whens))
+        assert len(deadlines) == 0
 
-    fired, whens = asyncio.run(asyncio.wait_for(main(), 5))
+    run(main)
     names = [name for name, _ in fired]
     assert sorted(names) == ["early", "late", "same-tick"]
     assert names[-1] == "late"
     for name, at in fired:
         assert at >= whens[name], f"{name} fired {whens[name] - at:.4f} s early"
+
+
+def test_discarding_the_head_middle_or_tail_of_a_bucket_keeps_the_rest():
+    fired: list[tuple[str, float]] = []
+
+    async def main(loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
+        when = loop.time() + 0.02
+        items = [Item(str(i), fired) for i in range(7)]
+        for item in items:
+            deadlines.add(item, when)  # one bucket; each new item becomes its head
+        for i in (6, 3, 0):  # head, middle, tail
+            deadlines.discard(items[i])
+        deadlines.discard(items[3])  # twice is harmless
+        assert len(deadlines) == 4
+        await until(fired, 4)
+        await asyncio.sleep(0.03)  # the bucket's timer has run: nothing more comes
+
+    run(main)
+    assert sorted(name for name, _ in fired) == ["1", "2", "4", "5"]
+
+
+def test_adding_again_moves_an_item_to_its_new_deadline():
+    fired: list[tuple[str, float]] = []
+    due: dict[str, float] = {}
+
+    async def main(loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
+        item = Item("moved", fired)
+        deadlines.add(item, loop.time() + 0.02)
+        due["moved"] = loop.time() + 0.06
+        deadlines.add(item, due["moved"])
+        assert len(deadlines) == 1
+        await until(fired, 1)
+
+    run(main)
+    assert len(fired) == 1 and fired[0][1] >= due["moved"]
+
+
+def test_a_callback_may_discard_or_rearm_others_in_the_bucket_being_fired():
+    fired: list[tuple[str, float]] = []
+    acted: dict[str, object] = {}
+
+    async def main(loop: asyncio.AbstractEventLoop, deadlines: Deadlines) -> None:
+        items: list[Item] = []
+
+        def act() -> None:
+            # The first to fire (a session closing another, say) discards one
+            # item of its bucket that has not fired yet and re-arms another.
+            if acted:
+                return
+            waiting = [item for item in items if item.name not in {name for name, _ in fired}]
+            acted["discarded"], acted["rearmed"] = waiting[0].name, waiting[1].name
+            acted["due"] = loop.time() + 0.03
+            deadlines.discard(waiting[0])
+            deadlines.add(waiting[1], acted["due"])  # type: ignore[arg-type]
+
+        items += [Item(str(i), fired, act) for i in range(4)]
+        when = loop.time() + 0.02
+        for item in items:
+            deadlines.add(item, when)
+        await until(fired, 3)
+        await asyncio.sleep(0.03)  # time for a wrongly called item to show up
+
+    run(main)
+    names = [name for name, _ in fired]
+    assert acted["discarded"] not in names
+    assert len(names) == len(set(names)) == 3
+    assert names[-1] == acted["rearmed"] and fired[-1][1] >= acted["due"]  # type: ignore[operator]

@@ -39,6 +39,7 @@ from ..protocol.frames import (
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
 from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
+from .deadlines import Expiring
 from .outcome import Outcome
 from .splice import Pump
 
@@ -50,7 +51,7 @@ log = logging.getLogger("forwarding.session")
 _NEVER = sys.maxsize  # a read size no read reaches: this session is not spliced
 
 
-class Session(asyncio.Protocol):
+class Session(asyncio.Protocol, Expiring):
     """A client connection from accept to close."""
 
     # Slots, and sets and lists made only when needed: an idle session is what a
@@ -84,7 +85,6 @@ class Session(asyncio.Protocol):
         "_blockers",
         "_waiters",
         "_timer",
-        "_deadline_slot",
         "_slow_timer",
         "pump",
         "_splice_after",
@@ -125,8 +125,7 @@ class Session(asyncio.Protocol):
         self._blockers: set[Sink] | None = None  # receivers over their mark that this session sent to
         self._waiters: set[Sink] | None = None  # senders paused because of this session
         self._timer: asyncio.TimerHandle | None = None  # the TLS handshake's deadline
-        # Our bucket in relay.deadlines: the handshake's deadline, then the idle one.
-        self._deadline_slot: int | None = None
+        Expiring.__init__(self)  # relay.deadlines: the handshake's deadline, then the idle one
         self._slow_timer: asyncio.TimerHandle | None = None
         self.pump: Pump | None = None  # splices this session's bytes to its one receiver
         self._splice_after = _NEVER  # a read this large hands us to a pump (one receiver only)
@@ -553,7 +552,7 @@ class Session(asyncio.Protocol):
 
     def _arm_handshake_timer(self) -> None:
         assert self._hs is not None and self._hs.deadline is not None
-        self._deadline_slot = self._relay.deadlines.add(self, self._hs.deadline)
+        self._relay.deadlines.add(self, self._hs.deadline)
 
     def _handshake_expired(self) -> None:
         hs = self._hs
@@ -574,12 +573,10 @@ class Session(asyncio.Protocol):
             self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc, event.code)
 
     def _arm_idle_timer(self) -> None:
-        if self._deadline_slot is not None:  # the handshake's, still pending
-            self._relay.deadlines.discard(self, self._deadline_slot)
-        self._deadline_slot = self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
+        # Replaces the handshake's deadline if that is still pending.
+        self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
 
     def deadline_passed(self) -> None:
-        self._deadline_slot = None
         if self.outcome is not None:
             return
         if not self.established:
@@ -653,9 +650,7 @@ class Session(asyncio.Protocol):
             if handle is not None:
                 handle.cancel()
         self._timer = self._slow_timer = None
-        if self._deadline_slot is not None:
-            self._relay.deadlines.discard(self, self._deadline_slot)
-            self._deadline_slot = None
+        self._relay.deadlines.discard(self)
         self._pending = None
         self._release_waiters()
         blockers, self._blockers = self._blockers, None
