@@ -47,7 +47,12 @@ def scraped(ports: list[int], every: float = 1.0) -> Iterator[None]:
 
 
 def run(
-    runs: int = 8, size: int = 512 << 20, rounds: int = 5000, hs_seconds: float = 2.0, idle_sessions: int = 10_000
+    runs: int = 8,
+    size: int = 512 << 20,
+    rounds: int = 5000,
+    hs_seconds: float = 2.0,
+    idle_sessions: int = 10_000,
+    idle_runs: int = 3,
 ) -> Table:
     samples: dict[str, dict[str, list[float]]] = {"lean": {}, "full": {}}
 
@@ -81,10 +86,11 @@ def run(
     for variant, lat in pooled.items():
         add(variant, "p50", latency.percentile(lat, 50))
         add(variant, "p99", latency.percentile(lat, 99))
-    for variant in ("lean", "full"):
-        d = idle.measure(idle_sessions, args=full_args[0] if variant == "full" else (), lean=variant == "lean")
-        per = d["kib_per_session"]
-        add(variant, "idle", None if per is None else per * 1024)
+    for i in range(idle_runs):
+        for variant in ("lean", "full") if i % 2 == 0 else ("full", "lean"):
+            d = idle.measure(idle_sessions, args=full_args[0] if variant == "full" else (), lean=variant == "lean")
+            per = d["kib_per_session"]
+            add(variant, "idle", None if per is None else per * 1024)
 
     measures = [  # key, label, digits, higher is better
         ("spliced MB/s", "one-to-one MB/s, spliced", 0, True),
@@ -116,7 +122,8 @@ def run(
         rows,
         [
             f"{runs} runs alternating (ABBA), {size >> 20} MiB per throughput run, {rounds:,} round trips and "
-            f"{hs_seconds:g} s of handshakes per run; medians. A negative cost is noise in the full relay's favour.",
+            f"{hs_seconds:g} s of handshakes per run; idle memory {idle_runs} times each, alternating; medians. "
+            "A negative cost is noise in the full relay's favour.",
             "lean: benchmarks/lean.py (timeouts and limits stubbed out, no metrics); full: the relay as shipped, "
             "metrics scraped every second.",
         ],

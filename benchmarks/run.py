@@ -37,7 +37,9 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             "idle": lambda: idle.run(counts=(200,)),
             "handshakes": lambda: handshakes.run(sec, seconds=0.3),
             "pairs": lambda: pairs.run(sec, pairs=8, size=256 << 10, runs=1),
-            "features": lambda: features.run(runs=1, size=4 << 20, rounds=50, hs_seconds=0.3, idle_sessions=50),
+            "features": lambda: features.run(
+                runs=1, size=4 << 20, rounds=50, hs_seconds=0.3, idle_sessions=50, idle_runs=1
+            ),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
