@@ -34,8 +34,11 @@ def scraped(ports: list[int], every: float = 1.0) -> Iterator[None]:
     def scrape() -> None:
         while not stop.wait(every):
             for port in ports:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
-                    reply.read()
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as reply:
+                        reply.read()
+                except OSError:  # between two relays of the idle runs: nobody to scrape yet
+                    pass
 
     thread = threading.Thread(target=scrape, daemon=True)
     thread.start()
@@ -86,11 +89,13 @@ def run(
     for variant, lat in pooled.items():
         add(variant, "p50", latency.percentile(lat, 50))
         add(variant, "p99", latency.percentile(lat, 99))
-    for i in range(idle_runs):
-        for variant in ("lean", "full") if i % 2 == 0 else ("full", "lean"):
-            d = idle.measure(idle_sessions, args=full_args[0] if variant == "full" else (), lean=variant == "lean")
-            per = d["kib_per_session"]
-            add(variant, "idle", None if per is None else per * 1024)
+    with scraped(ports[:1]):
+        for i in range(idle_runs):
+            for variant in ("lean", "full") if i % 2 == 0 else ("full", "lean"):
+                args = full_args[0] if variant == "full" else ()
+                d = idle.measure(idle_sessions, args=args, lean=variant == "lean")
+                per = d["kib_per_session"]
+                add(variant, "idle", None if per is None else per * 1024)
 
     measures = [  # key, label, digits, higher is better
         ("spliced MB/s", "one-to-one MB/s, spliced", 0, True),

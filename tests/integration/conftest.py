@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -201,6 +202,23 @@ def handshake(
     hs4 = c.read_line()
     assert hs4["result"] == "OK", hs4
     return c, hs4
+
+
+def metrics_port(server: ServerProcess) -> int:
+    """The port of a relay started with ``--metrics 127.0.0.1:0``, from its log."""
+    return int(server.wait_for_log(r'metrics address="127\.0\.0\.1:(\d+)"').group(1))
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """``GET /metrics`` as Prometheus would: sample name with labels -> value."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
+        assert resp.headers["Content-Type"].startswith("text/plain")
+        text = resp.read().decode()
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line and not line.startswith("#")
+    }
 
 
 @pytest.fixture(scope="session")

@@ -8,12 +8,13 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
 import pytest
 
-from .conftest import TIMEOUT, Client, ServerProcess, handshake
+from .conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from .test_forwarding import pump
 
 
@@ -100,25 +101,26 @@ def test_both_event_loops_forward_and_apply_backpressure(start_server, loop):
 
 def test_prometheus_metrics_count_sessions_bytes_and_reasons(start_server):
     server = start_server("--metrics", "127.0.0.1:0")
-    port = int(server.wait_for_log(r'metrics address="127\.0\.0\.1:(\d+)"').group(1))
+    port = metrics_port(server)
 
     def scrape() -> dict[str, float]:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=TIMEOUT) as resp:
-            assert resp.headers["Content-Type"].startswith("text/plain")
-            text = resp.read().decode()
-        return {
-            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line and not line.startswith("#")
-        }
+        return scrape_metrics(port)
 
     rx, _ = handshake(server, "rx", ["tx"])
     tx, _ = handshake(server, "tx", ["rx"])
     tx.sock.sendall(b"x" * 1000)
     assert rx.recv_exactly(1000) == b"x" * 1000
-    live = scrape()
+    framed, _ = handshake(server, "fr", [], mode="framed")
+    pending = Client(server.address)  # connected, no handshake yet
+    deadline = time.monotonic() + TIMEOUT
+    while (live := scrape())["forwarding_connections"] < 4:  # the accept may still be on its way
+        assert time.monotonic() < deadline, live
+    assert live["forwarding_connections"] == 4
     assert live['forwarding_sessions{mode="raw"}'] == 2
+    assert live['forwarding_sessions{mode="framed"}'] == 1
     assert live["forwarding_received_bytes_total"] == 1000
+    assert live["forwarding_sent_bytes_total"] == 1000
+    assert live["forwarding_spliced_sessions"] == 0  # 1000 bytes is no stream
     ghost, _ = handshake(server, "ghost", ["nobody"])
     ghost.sock.sendall(b"lost")
     ghost.sock.shutdown(socket.SHUT_WR)
@@ -130,10 +132,12 @@ def test_prometheus_metrics_count_sessions_bytes_and_reasons(start_server):
     assert after['forwarding_sessions_closed_total{reason="client_closed"}'] == 1
     assert after['forwarding_sessions_closed_total{reason="handshake_failed"}'] == 1
     assert after["forwarding_dropped_bytes_total"] == 4
-    assert after["forwarding_connections_accepted_total"] == 4
+    assert after["forwarding_connections_accepted_total"] == 6
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/other", timeout=TIMEOUT)
     assert err.value.code == 404
+    framed.close()
+    pending.close()
 
 
 def test_a_second_relay_on_a_taken_port_or_admin_socket_says_so_and_leaves_the_first_alone(start_server, tmp_path):

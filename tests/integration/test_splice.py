@@ -18,7 +18,7 @@ import pytest
 
 from forwarding.server import splice
 
-from .conftest import TIMEOUT, Client, ServerProcess, handshake
+from .conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from .test_forwarding import exchange, pump
 
 pytestmark = pytest.mark.skipif(not splice.AVAILABLE, reason="no splice(2) on this platform")
@@ -41,7 +41,7 @@ def sessions(admin_socket: str) -> dict[str, dict[str, object]]:
 
 def test_small_messages_stay_on_the_ordinary_path_and_a_stream_is_spliced(start_server, tmp_path):
     admin = str(tmp_path / "admin.sock")
-    server = start_server("--log-level", "debug", "--admin-socket", admin)
+    server = start_server("--log-level", "debug", "--admin-socket", admin, "--metrics", "127.0.0.1:0")
     b, _ = handshake(server, "b", ["a"])
     a, _ = handshake(server, "a", ["b"])
     for _ in range(50):  # ping-pong: every read is 64 bytes, below --splice-after
@@ -55,6 +55,7 @@ def test_small_messages_stay_on_the_ordinary_path_and_a_stream_is_spliced(start_
     server.wait_for_log(r'splicing chid="a" recver="b"')
     listing = sessions(admin)
     assert listing["a"]["spliced"] is True and listing["b"]["spliced"] is False
+    assert scrape_metrics(metrics_port(server))["forwarding_spliced_sessions"] == 1
     b.sock.sendall(b"small reply")
     assert a.recv_exactly(11) == b"small reply"
     assert sessions(admin)["b"]["spliced"] is False

@@ -34,18 +34,29 @@ class RelayCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         relay = self._relay
         stats = relay.stats
-        live = list(relay.sessions)
-        established = [s for s in live if s.established]
-        yield GaugeMetricFamily("forwarding_connections", "Open client connections, handshaking or not.", len(live))
+        # One pass, no list of sessions: a scrape costs the same few bytes at
+        # 100 sessions or 100,000. Nothing else runs meanwhile (this is the loop).
+        connections = raw = framed = spliced = 0
+        bytes_in, bytes_out, dropped = stats.bytes_in, stats.bytes_out, stats.bytes_dropped
+        for s in relay.sessions:
+            connections += 1
+            bytes_in += s.bytes_in
+            bytes_out += s.bytes_out
+            dropped += s.dropped
+            if s.established:
+                if s.framed:
+                    framed += 1
+                else:
+                    raw += 1
+                if s.pump is not None:
+                    spliced += 1
+        yield GaugeMetricFamily("forwarding_connections", "Open client connections, handshaking or not.", connections)
         sessions = GaugeMetricFamily("forwarding_sessions", "Established sessions, by mode.", labels=["mode"])
-        framed = sum(1 for s in established if s.framed)
-        sessions.add_metric(["raw"], len(established) - framed)
+        sessions.add_metric(["raw"], raw)
         sessions.add_metric(["framed"], framed)
         yield sessions
         yield GaugeMetricFamily(
-            "forwarding_spliced_sessions",
-            "Sessions whose bytes the kernel moves (splice(2) pumps).",
-            sum(1 for s in established if s.pump is not None),
+            "forwarding_spliced_sessions", "Sessions whose bytes the kernel moves (splice(2) pumps).", spliced
         )
         yield CounterMetricFamily("forwarding_connections_accepted", "Connections accepted.", stats.connections)
         closed = CounterMetricFamily("forwarding_sessions_closed", "Connections closed, by reason.", labels=["reason"])
@@ -53,17 +64,9 @@ class RelayCollector(Collector):
             closed.add_metric([outcome.value], stats.outcomes.get(outcome, 0))
         yield closed
         # Totals of closed sessions plus what live ones have moved so far.
-        for name, help_text, done, attr in (
-            ("forwarding_received_bytes", "Bytes read from clients after the handshake.", stats.bytes_in, "bytes_in"),
-            ("forwarding_sent_bytes", "Bytes queued for clients after the handshake.", stats.bytes_out, "bytes_out"),
-            (
-                "forwarding_dropped_bytes",
-                "Bytes not delivered (receiver gone).",
-                stats.bytes_dropped,
-                "dropped",
-            ),
-        ):
-            yield CounterMetricFamily(name, help_text, done + sum(getattr(s, attr) for s in live))
+        yield CounterMetricFamily("forwarding_received_bytes", "Bytes read from clients after the handshake.", bytes_in)
+        yield CounterMetricFamily("forwarding_sent_bytes", "Bytes queued for clients after the handshake.", bytes_out)
+        yield CounterMetricFamily("forwarding_dropped_bytes", "Bytes not delivered (receiver gone).", dropped)
 
 
 async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
