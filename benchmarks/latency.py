@@ -7,14 +7,17 @@ trip. Percentiles are over all round trips of all runs, in microseconds.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import socket
 import time
 from collections.abc import Callable
 from multiprocessing.queues import Queue
 
-from .common import Relay, Socat, Table, connect, fmt, have_socat, plain_handshake, rotated, tune
+from .common import Relay, Socat, Table, connect, fmt, have_socat, median, plain_handshake, rotated, tune
 
 MSG = 64
+SOCAT = "socat -b 262144"
+PERCENTILES = {"p50": 50.0, "p99": 99.0, "p99.9": 99.9}
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -35,9 +38,9 @@ def _echo_listening(q: Queue[object]) -> None:
     _echo(conn)
 
 
-def _echo_relayed(address: tuple[str, int], q: Queue[object]) -> None:
+def _echo_relayed(address: tuple[str, int], tag: str, q: Queue[object]) -> None:
     sock = connect(address)
-    plain_handshake(sock, "echo", ["ping"], hangup=True)  # ends when the pinger leaves
+    plain_handshake(sock, f"echo-{tag}", [f"ping-{tag}"], hangup=True)  # ends when the pinger leaves
     q.put("ready")
     _echo(sock)
 
@@ -84,10 +87,12 @@ def via_socat(rounds: int, warmup: int) -> list[float]:
 
 
 def via_relay(rounds: int, warmup: int, relay: Relay) -> list[float]:
+    # Fresh chids per run: the last run's pair may still be closing in the relay.
+    tag = os.urandom(4).hex()
     sock = connect(relay.address)
-    plain_handshake(sock, "ping", ["echo"])
+    plain_handshake(sock, f"ping-{tag}", [f"echo-{tag}"])
     q: Queue[object] = mp.Queue()
-    p = mp.Process(target=_echo_relayed, args=(relay.address, q))
+    p = mp.Process(target=_echo_relayed, args=(relay.address, tag, q))
     p.start()
     assert q.get(timeout=30) == "ready"  # its hs4 is out, so it is routable
     samples = _pingpong(sock, rounds, warmup)
@@ -101,10 +106,10 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
-    samples: dict[str, list[float]] = {"direct": [], "relay": [], "relay --no-splice": []}
+    per_run: dict[str, list[list[float]]] = {"direct": [], "relay": [], "relay --no-splice": []}
     socat = have_socat()
     if socat:
-        samples["socat -b 262144"] = []
+        per_run[SOCAT] = []
     with Relay() as spliced, Relay("--no-splice") as plain:
         paths: dict[str, Callable[[], list[float]]] = {
             "direct": lambda: direct(rounds, warmup),
@@ -112,22 +117,41 @@ def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
             "relay --no-splice": lambda: via_relay(rounds, warmup, plain),
         }
         if socat:
-            paths["socat -b 262144"] = lambda: via_socat(rounds, warmup)
+            paths[SOCAT] = lambda: via_socat(rounds, warmup)
         for i in range(runs):
             for name in rotated(list(paths), i):
-                samples[name] += paths[name]()
-    data: dict[str, dict[str, float | None]] = {
-        name: {"p50": percentile(s, 50), "p99": percentile(s, 99), "p99.9": percentile(s, 99.9)}
-        for name, s in samples.items()
-    }
-    rows = [[name, fmt(d["p50"], 0), fmt(d["p99"], 0), fmt(d["p99.9"], 0)] for name, d in data.items()]
+                per_run[name].append(paths[name]())
+    data: dict[str, dict[str, float | None]] = {}
+    for name, samples in per_run.items():
+        pooled = [x for run_samples in samples for x in run_samples]
+        d: dict[str, float | None] = {p: percentile(pooled, q) for p, q in PERCENTILES.items()}
+        if socat:
+            # Within each run the paths ran back to back: compare them there, then
+            # take the median, so that the machine's drift between runs cancels.
+            for p in ("p50", "p99"):
+                q = PERCENTILES[p]
+                d[f"{p}_vs_socat"] = median(
+                    percentile(mine, q) / percentile(ref, q) for mine, ref in zip(samples, per_run[SOCAT], strict=True)
+                )
+        data[name] = d
+    rows = [
+        [
+            name,
+            fmt(d["p50"], 0),
+            fmt(d["p99"], 0),
+            fmt(d["p99.9"], 0),
+            fmt(d.get("p50_vs_socat")),
+            fmt(d.get("p99_vs_socat")),
+        ]
+        for name, d in data.items()
+    ]
     return Table(
         "3. Latency (64-byte ping-pong, round trip)",
-        ["path", "p50 µs", "p99 µs", "p99.9 µs"],
+        ["path", "p50 µs", "p99 µs", "p99.9 µs", "p50 vs socat", "p99 vs socat"],
         rows,
         [
-            f"{rounds} round trips per run after {warmup} warm-up, {runs} runs, each path first in turn, "
-            "all samples pooled."
+            f"{rounds} round trips per run after {warmup} warm-up, {runs} runs, each path first in turn. "
+            "Percentiles over all samples pooled; ratios: within each run, then their median."
         ],
         data,
     )

@@ -101,19 +101,34 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
         for i in range(runs):  # alternate, so that drift hits every path alike
             for name in rotated(list(paths), i):
                 samples[name].append(paths[name]())
+    ref_runs = samples.get("socat -b 262144")
     data: dict[str, dict[str, float | None]] = {}
     for name, rs in samples.items():
         cpus = [c for _, c in rs if c is not None]
-        data[name] = {"mbps": median(m for m, _ in rs), "cpu_per_gib": median(cpus) if cpus else None}
-    top = data["direct"]["mbps"] or 1.0
-    ref = data.get("socat -b 262144")
-    rows = []
-    for name, d in data.items():
-        mbps, cpu = d["mbps"] or 0.0, d["cpu_per_gib"]
-        vs_socat = fmt(mbps / (ref["mbps"] or 1)) if ref else ""
-        cpu_vs = fmt(cpu / (ref["cpu_per_gib"] or 1)) if ref and cpu is not None else ""
-        rows.append([name, fmt(mbps, 0), fmt(mbps / top), vs_socat, fmt(cpu, 3), cpu_vs])
-    notes = [f"{size >> 20} MiB per run, {runs} runs, each path first in turn, medians."]
+        d: dict[str, float | None] = {"mbps": median(m for m, _ in rs), "cpu_per_gib": median(cpus) if cpus else None}
+        # Ratios within each run (the paths ran back to back), then their median:
+        # the shared machine's drift between runs cancels out.
+        d["vs_direct"] = median(m / top for (m, _), (top, _) in zip(rs, samples["direct"], strict=True))
+        if ref_runs:
+            d["vs_socat"] = median(m / r for (m, _), (r, _) in zip(rs, ref_runs, strict=True))
+            cpu_ratios = [c / r for (_, c), (_, r) in zip(rs, ref_runs, strict=True) if c is not None and r]
+            d["cpu_vs_socat"] = median(cpu_ratios) if cpu_ratios else None
+        data[name] = d
+    rows = [
+        [
+            name,
+            fmt(d["mbps"], 0),
+            fmt(d["vs_direct"]),
+            fmt(d.get("vs_socat")),
+            fmt(d["cpu_per_gib"], 3),
+            fmt(d.get("cpu_vs_socat")),
+        ]
+        for name, d in data.items()
+    ]
+    notes = [
+        f"{size >> 20} MiB per run, {runs} runs, each path first in turn. MB/s and CPU: medians over the runs; "
+        "ratios: taken within each run, then their median."
+    ]
     if not socat:
         notes.append("socat is not installed: its column is missing (`apt-get install socat`).")
     return Table(
