@@ -117,10 +117,12 @@ class Pump:
             self._size = fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, pipe_size)
         except OSError:
             self._size = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
-        with contextlib.suppress(OSError):  # a smaller buffer only costs CPU
+        try:
             dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_PIPES * self._size)
-        self.sndbuf = dst.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        """What the kernel made of it, for the log."""
+            self.sndbuf = dst.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            """What the kernel made of it, for the log."""
+        except OSError:  # the kernel's own buffer then: it only costs CPU
+            self.sndbuf = 0
         self._queued = 0
         self._stalled = False
         self._source_done = False
