@@ -531,7 +531,8 @@ class Session(asyncio.Protocol, Expiring):
         receiver._inbound.add(self.pump)
         if log.isEnabledFor(logging.DEBUG):
             pump = self.pump
-            fields = {"chid": self.chid, "recver": receiver.chid, "pipe": pump.pipe_size, "sndbuf": pump.sndbuf}
+            sndbuf = "autotuned" if pump.sndbuf is None else pump.sndbuf
+            fields = {"chid": self.chid, "recver": receiver.chid, "pipe": pump.pipe_size, "sndbuf": sndbuf}
             log.debug("splicing", extra={"fields": fields})
 
     def pump_stopped(self, pump: Pump) -> None:

@@ -46,10 +46,35 @@ AVAILABLE = hasattr(os, "splice") and hasattr(fcntl, "F_SETPIPE_SZ")
 _ROUNDS = 4
 _FLAGS = getattr(os, "SPLICE_F_MOVE", 0) | getattr(os, "SPLICE_F_NONBLOCK", 0)
 SNDBUF_PIPES = 4
-"""A spliced receiver's send buffer is set to this many pipes (the kernel doubles
-it and caps the request at ``net.core.wmem_max``): a whole pipe then nearly
-always fits, and a 2 GiB stream cost the relay a quarter less CPU than with the
-kernel's autotuned buffer (docs/performance.md, "What was tried")."""
+"""A spliced receiver's send buffer is raised to this many pipes: a whole pipe
+then nearly always fits, and a 2 GiB stream cost the relay a quarter less CPU
+than with the kernel's autotuned buffer (docs/performance.md, "What was tried")."""
+
+
+def _sysctl(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().split()[-1])  # tcp_wmem holds "min default max"
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def send_buffer_request(pipe_size: int, wmem_max: int | None, autotune_max: int | None) -> int | None:
+    """What to ask ``SO_SNDBUF`` for, or ``None`` to leave the kernel's autotuning alone.
+
+    The kernel doubles the request and caps it at ``net.core.wmem_max`` first,
+    and a set buffer is no longer autotuned: where the cap (212,992 bytes on
+    many distributions) leaves less than autotuning may grow to
+    (``net.ipv4.tcp_wmem``'s maximum), setting it would only shrink the buffer.
+    """
+    if wmem_max is None or autotune_max is None:
+        return None
+    request = SNDBUF_PIPES * pipe_size
+    return request if 2 * min(request, wmem_max) > autotune_max else None
+
+
+_WMEM_MAX = _sysctl("/proc/sys/net/core/wmem_max")
+_AUTOTUNE_MAX = _sysctl("/proc/sys/net/ipv4/tcp_wmem")
 
 
 class TransportSocket(Protocol):
@@ -117,12 +142,15 @@ class Pump:
             self._size = fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, pipe_size)
         except OSError:
             self._size = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
-        try:
-            dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF_PIPES * self._size)
-            self.sndbuf = dst.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-            """What the kernel made of it, for the log."""
-        except OSError:  # the kernel's own buffer then: it only costs CPU
-            self.sndbuf = 0
+        self.sndbuf: int | None = None
+        """The send buffer the kernel gave the receiver, if we set one (for the log)."""
+        request = send_buffer_request(self._size, _WMEM_MAX, _AUTOTUNE_MAX)
+        if request is not None:
+            try:
+                dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, request)
+                self.sndbuf = dst.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            except OSError:  # the kernel's own buffer then: it only costs CPU
+                pass
         self._queued = 0
         self._stalled = False
         self._source_done = False
