@@ -22,7 +22,7 @@ serve: $(BIN)/forwarding
 lint: $(VENV)/.test-deps
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/mypy src
+	$(BIN)/mypy src benchmarks
 
 test: lint
 	$(BIN)/pytest -q

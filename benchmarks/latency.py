@@ -66,11 +66,18 @@ def _pingpong(sock: socket.socket, rounds: int, warmup: int) -> list[float]:
     return out
 
 
+def _address(q: Queue[object]) -> tuple[str, int]:
+    """The echo listener's address, as it put it on the queue."""
+    address = q.get(timeout=30)
+    assert isinstance(address, tuple)
+    return str(address[0]), int(address[1])
+
+
 def direct(rounds: int, warmup: int) -> list[float]:
     q: Queue[object] = mp.Queue()
     p = mp.Process(target=_echo_listening, args=(q,))
     p.start()
-    samples = _pingpong(connect(q.get(timeout=30)), rounds, warmup)
+    samples = _pingpong(connect(_address(q)), rounds, warmup)
     p.join(30)
     return samples
 
@@ -79,7 +86,7 @@ def via_socat(rounds: int, warmup: int) -> list[float]:
     q: Queue[object] = mp.Queue()
     p = mp.Process(target=_echo_listening, args=(q,))
     p.start()
-    socat = Socat(q.get(timeout=30))
+    socat = Socat(_address(q))
     samples = _pingpong(connect(socat.address), rounds, warmup)
     p.join(30)
     socat.close()

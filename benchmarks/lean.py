@@ -40,4 +40,4 @@ Deadlines.add = _add  # type: ignore[method-assign]
 Deadlines.discard = _discard  # type: ignore[method-assign]
 
 if __name__ == "__main__":
-    sys.exit(cli.main(["serve", *sys.argv[1:]]))
+    cli.main(["serve", *sys.argv[1:]])
