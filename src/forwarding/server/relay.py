@@ -62,7 +62,7 @@ class Relay:
         self.router = LocalRouter()
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
-        self.deadlines = Deadlines(self.loop)  # idle timeouts, bucketed
+        self.deadlines = Deadlines(self.loop)  # handshake and idle deadlines, bucketed
         self.stats = Stats()
         self.admission = Admission(config.admission)
         # scrypt is deliberately slow: derive the key once, not per connection.

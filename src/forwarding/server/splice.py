@@ -99,7 +99,7 @@ class Pump:
         "_pipe_r",
         "_pipe_w",
         "sndbuf",
-        "_size",
+        "pipe_size",
         "_queued",
         "_stalled",
         "_source_done",
@@ -139,12 +139,12 @@ class Pump:
         try:
             # Larger than the default 64 KiB means fewer wake-ups per GiB; may be
             # refused (pipe-user-pages-soft), and then the default still works.
-            self._size = fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, pipe_size)
+            self.pipe_size = fcntl.fcntl(self._pipe_w, fcntl.F_SETPIPE_SZ, pipe_size)
         except OSError:
-            self._size = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
+            self.pipe_size = fcntl.fcntl(self._pipe_w, fcntl.F_GETPIPE_SZ)
         self.sndbuf: int | None = None
         """The send buffer the kernel gave the receiver, if we set one (for the log)."""
-        request = send_buffer_request(self._size, _WMEM_MAX, _AUTOTUNE_MAX)
+        request = send_buffer_request(self.pipe_size, _WMEM_MAX, _AUTOTUNE_MAX)
         if request is not None:
             try:
                 dst.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, request)
@@ -160,15 +160,11 @@ class Pump:
         self._closed = False
         loop.add_reader(self._src, self._readable)
 
-    @property
-    def pipe_size(self) -> int:
-        return self._size
-
     def _readable(self) -> None:
         # Several rounds per wake-up while the sender keeps the socket full: each
         # round is two system calls, a wake-up costs a trip through the loop.
         for _ in range(_ROUNDS):
-            want = self._size - self._queued
+            want = self.pipe_size - self._queued
             try:
                 n = os.splice(self._src, self._pipe_w, want, flags=_FLAGS)
             except BlockingIOError:
