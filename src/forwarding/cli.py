@@ -113,6 +113,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"disconnect a client that stays above the high mark this long (default {d.slow_receiver_timeout:g})",
     )
     p.add_argument(
+        "--half-close-timeout",
+        type=_positive,
+        default=d.half_close_timeout,
+        metavar="SECONDS",
+        help=f"idle timeout once a client has sent FIN (default {d.half_close_timeout:g})",
+    )
+    p.add_argument(
         "--max-frame",
         type=_size,
         default=lim.max_frame,
@@ -233,6 +240,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         write_buffer_high=args.write_buffer_high,
         write_buffer_low=args.write_buffer_low,
         slow_receiver_timeout=args.slow_receiver_timeout,
+        half_close_timeout=args.half_close_timeout,
         shutdown_grace=args.shutdown_grace,
         splice=args.splice,
         splice_after=args.splice_after,

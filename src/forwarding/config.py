@@ -43,6 +43,13 @@ class ServerConfig:
     """Bytes queued for one client below which its senders are read again."""
     slow_receiver_timeout: float = 30.0
     """Seconds a client may stay above ``write_buffer_high`` before it is disconnected."""
+    half_close_timeout: float = 30.0
+    """Idle timeout, in seconds, of a session whose client has sent FIN (lowered to it, never raised).
+
+    A client that closed its socket looks like one that only shut down its
+    sending side until the relay writes to it, so a half-closed session that
+    goes quiet is not kept for the whole idle timeout (haproxy's
+    ``timeout client-fin``)."""
     splice: bool = True
     """Forward one-to-one plain-TCP sessions with splice(2) where the OS has it."""
     splice_after: int = 16 * 1024

@@ -112,6 +112,9 @@ def test_500_concurrent_sessions(server):
 
 def test_abrupt_resets_mid_stream_leave_the_server_serving(server):
     rx, _ = handshake(server, "steady-rx", [])
+    # Connected throughout: a raw receiver's input ends when its last named
+    # sender leaves (docs/protocol.md, 5.1), and the victims come and go.
+    tx, _ = handshake(server, "steady-tx", ["steady-rx"])
     for i in range(20):
         victim_rx, _ = handshake(server, f"vrx{i}", [])
         victim_tx, _ = handshake(server, f"vtx{i}", [f"vrx{i}", "steady-rx"])
@@ -125,7 +128,6 @@ def test_abrupt_resets_mid_stream_leave_the_server_serving(server):
         server.closed_line(f"vrx{i}")
     # The steady receiver got exactly the bytes the victims managed to send, in whole.
     assert b"x" in rx.recv_exactly(1)
-    tx, _ = handshake(server, "steady-tx", ["steady-rx"])
     tx.sock.sendall(b"END")
     deadline = time.monotonic() + TIMEOUT
     buf = b""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import time
 
 import pytest
@@ -174,7 +175,8 @@ def test_hangup_closes_a_session_when_its_recver_leaves(server):
     partner, _ = handshake(server, "partner", ["bound"])
     partner.sock.sendall(b"last bytes")
     assert bound.recv_exactly(10) == b"last bytes"
-    partner.close()
+    partner.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    partner.close()  # a reset: gone at once (a FIN only ends its sending, 5.1)
     bound.assert_closed()
     assert 'reason="peer_left"' in server.closed_line("bound")
     # Without hangup a session outlives its partner.

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import socket
+import struct
 import threading
 
 import pytest
@@ -90,7 +91,11 @@ def test_a_one_to_one_pair_is_spliced_both_ways(start_server):
     server.wait_for_log(r'splicing chid="b" recver="a"')
     size = 16 << 20
     exchange(a, b, size)
+    # a's FIN reaches b (its only sender finished) after the last byte; then b's reaches a.
     a.sock.shutdown(socket.SHUT_WR)
+    assert b.recv_until_eof() == b""
+    b.sock.shutdown(socket.SHUT_WR)
+    assert a.recv_until_eof() == b""
     line = server.closed_line("a")
     assert 'reason="client_closed"' in line
     assert field(line, "in") == size + 1 and field(line, "out") == size + 1
@@ -112,6 +117,11 @@ def test_no_splice_flag_and_fan_out_keep_the_ordinary_path(start_server):
         assert not any("splicing" in line for line in srv.lines)
 
 
+def reset(c: Client) -> None:
+    c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+
+
 def start_splicing(server: ServerProcess, tx: Client, rx: Client) -> None:
     """With --splice-after 1, one byte from "tx" to "rx" starts tx's pump."""
     tx.sock.sendall(b"!")
@@ -127,7 +137,7 @@ def test_a_receiver_that_leaves_and_returns_gets_what_is_sent_after(start_server
     tx.sock.sendall(first)
     assert rx.recv_exactly(len(first)) == first
     server.wait_for_log(r'splicing chid="tx" recver="rx"')
-    rx.close()
+    reset(rx)  # gone at once: a FIN would only end its sending (5.1)
     server.closed_line("rx")
     # The pump stopped with its receiver; when "rx" is back, tx's next read splices again.
     rx2, _ = handshake(server, "rx", ["tx"])
@@ -136,7 +146,7 @@ def test_a_receiver_that_leaves_and_returns_gets_what_is_sent_after(start_server
     server.wait_for_count(r'splicing chid="tx" recver="rx"', 2)
     tx.sock.sendall(b", spliced")
     assert rx2.recv_exactly(9) == b", spliced"
-    rx2.close()
+    reset(rx2)
     server.wait_for_count(r'session closed chid="rx"', 2)
     # With no receiver, tx is read the ordinary way: bytes are dropped and counted.
     tx.sock.sendall(b"into the void")
@@ -161,7 +171,9 @@ def test_a_sender_that_ends_with_bytes_in_the_pipe_delivers_them_all(start_serve
     sender = threading.Thread(target=send_and_close, daemon=True)
     sender.start()
     assert rx.recv_exactly(len(data)) == data
+    assert rx.recv_until_eof() == b""  # tx's FIN follows its last byte
     sender.join(TIMEOUT)
+    rx.sock.shutdown(socket.SHUT_WR)
     line = server.closed_line("tx")
     assert 'reason="client_closed"' in line and field(line, "in") == 1 + len(data)
     assert field(line, "dropped") == 0

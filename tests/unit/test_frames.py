@@ -15,6 +15,7 @@ from forwarding.protocol.frames import (
     DATA,
     Close,
     CommandError,
+    EndOfStream,
     FrameError,
     FrameParser,
     Online,
@@ -67,16 +68,30 @@ def test_a_whole_frame_in_one_read_is_not_copied():
     ],
 )
 def test_bad_headers_are_refused_before_any_payload_is_buffered(raw, code, text):
-    with pytest.raises(FrameError) as err:
-        FrameParser(1 << 20).feed(raw)
-    assert err.value.code == code and text in err.value.desc
+    parser = FrameParser(1 << 20)
+    assert parser.feed(raw) == []
+    assert parser.error is not None and parser.error.code == code and text in parser.error.desc
 
 
 def test_an_over_limit_header_is_refused_on_its_own():
     parser = FrameParser(1000)
-    with pytest.raises(FrameError, match="frame of 1001 bytes"):
-        parser.feed(bytes([1, 0, 0, 0, 0, 0, 0x03, 0xE9]))
+    assert parser.feed(bytes([1, 0, 0, 0, 0, 0, 0x03, 0xE9])) == []
+    assert parser.error is not None and "frame of 1001 bytes" in parser.error.desc
     assert parser.buffered == 0
+
+
+@given(st.integers(0, 5), st.data())
+def test_frames_before_a_bad_header_come_out_whatever_the_segmentation(n, data):
+    good = [data_frame(f"m{i}".encode()) for i in range(n)]
+    stream = b"".join(good) + bytes([9, 0, 0, 0, 0, 0, 0, 0]) + data_frame(b"after")
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    parser = FrameParser(1 << 20)
+    got = []
+    for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        got += [bytes(f.payload) for f in parser.feed(stream[a:b])]
+    assert got == [f"m{i}".encode() for i in range(n)]
+    assert parser.error is not None and "unknown frame type 9" in parser.error.desc
+    assert parser.feed(data_frame(b"later")) == []  # stopped for good
 
 
 @given(st.lists(st.tuples(st.sampled_from([DATA, CONTROL]), st.binary(max_size=300)), max_size=8), st.data())
@@ -99,7 +114,9 @@ def test_arbitrary_bytes_give_frames_or_a_frame_error(blob):
                 except CommandError:
                     pass
     except FrameError as exc:
-        assert exc.code in ("bad_frame", "frame_too_large", "unknown_command")
+        assert exc.code in ("bad_frame", "unknown_command")
+    if parser.error is not None:
+        assert parser.error.code in ("bad_frame", "frame_too_large")
     assert parser.buffered <= 8 + 64
 
 
@@ -170,3 +187,29 @@ def test_documented_frame_vectors(vector):
     else:
         assert parse_control(frame.payload) == json.loads(vector["payload"])
         assert control_frame(json.loads(vector["payload"])) == wire
+
+
+def test_null_means_absent_in_commands_and_unknown_fields_are_ignored():
+    assert parse_command({"id": 1, "cmd": "subscribe", "presence": None}) == (1, Subscribe(True))
+    assert parse_command({"id": 2, "cmd": "close", "reason": None}) == (2, Close(None))
+    assert parse_command({"id": 3, "cmd": "recvers", "recvers": None}) == (3, SetRecvers(None))
+    assert parse_command({"id": 4, "cmd": "ping", "later": {"x": 1}}) == (4, Ping())
+    assert parse_command({"id": 5, "cmd": "eof"}) == (5, EndOfStream())
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"id":1.0,"cmd":"ping"}',  # an id is an integer: no fraction, no exponent
+        b'{"id":1e0,"cmd":"ping"}',
+        b'{"id":true,"cmd":"ping"}',
+        b'{"id":"1","cmd":"ping"}',
+        b'{"id":9007199254740992,"cmd":"ping"}',  # 2^53
+        b'{"id":' + b"9" * 5000 + b',"cmd":"ping"}',
+        b'{"id":1,"id":2,"cmd":"ping"}',
+    ],
+)
+def test_ids_that_are_not_integers_in_range_end_the_session(payload):
+    with pytest.raises(FrameError) as err:
+        parse_command(parse_control(payload))
+    assert err.value.code == "bad_frame"

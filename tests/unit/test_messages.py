@@ -96,3 +96,24 @@ def test_hs3_mode_and_the_framed_hs4():
     assert hs4_ok("a", 60, None, max_frame=65536) == {
         "rsp": "hs4", "result": "OK", "chid": "a", "timeout": 60, "mode": "framed", "max_frame": 65536,
     }  # fmt: skip
+
+
+def test_null_means_absent_for_every_optional_hs3_field():
+    line = b'{"req":"hs3","recvers":null,"timeout":null,"wait":null,"hangup":null,"mode":null,"challenge":null}'
+    assert parse_request(line) == Hs3(recvers=None, timeout=None, wait=False)
+
+
+@pytest.mark.parametrize(
+    ("line", "words"),
+    [
+        (b'{"req":"hs1","req":"hs3"}', "names a field twice"),
+        (b'{"req":"hs3","recvers":["a"],"recvers":null}', "names a field twice"),
+        (b'{"req":"hs3","timeout":' + b"9" * 5000 + b"}", "not valid JSON"),  # past Python's int-string limit
+        (b'{"req":"hs3","timeout":1' + b"0" * 400 + b"}", "finite"),  # an int no float can hold
+        (b'{"req":"hs3","timeout":1e400}', "finite"),
+        (b'{"req":"hs3","timeout":NaN}', "finite"),
+    ],
+)
+def test_duplicate_keys_and_huge_numbers_are_refused_with_a_desc(line, words):
+    with pytest.raises(HandshakeError, match=words):
+        parse_request(line)

@@ -60,7 +60,7 @@ class Channel:
             yield chunk
 
     async def send_eof(self) -> None:
-        """Close our sending side; the relay then closes the session once it has delivered our data."""
+        """Close our sending side (FIN); we go on receiving until our senders finish (docs/protocol.md, 5.1)."""
         if self._writer.can_write_eof():
             self._writer.write_eof()
         else:  # TLS cannot half-close

@@ -48,6 +48,13 @@ class Presence:
     online: bool
 
 
+@dataclass(frozen=True, slots=True)
+class _Ended:
+    """In the data queue: the sender's eof event, in its place after its last message."""
+
+    chid: str
+
+
 class FramedChannel:
     """An established framed session."""
 
@@ -62,7 +69,10 @@ class FramedChannel:
         self.closed_because: SessionClosed | None = None
         """Why the relay ended the session, once it has."""
         self._parser = FrameParser(max(self.max_frame, 16 << 20), allow_chid=True)
-        self._data: asyncio.Queue[tuple[str, bytes] | None] = asyncio.Queue(DATA_QUEUE)
+        self.ended: set[str] = set()
+        """Senders whose end of stream (eof event) :meth:`recv` has passed: they sent
+        nothing after the last message it returned from them."""
+        self._data: asyncio.Queue[tuple[str, bytes] | _Ended | None] = asyncio.Queue(DATA_QUEUE)
         self._events: asyncio.Queue[Presence | None] = asyncio.Queue()
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
@@ -83,10 +93,17 @@ class FramedChannel:
 
     async def recv(self) -> tuple[str, bytes] | None:
         """The next ``(sender chid, payload)``; ``None`` once the session has ended."""
-        item = await self._data.get()
+        while isinstance(item := await self._data.get(), _Ended):
+            self.ended.add(item.chid)
         if item is None:
             self._data.put_nowait(None)  # for the next caller too
+        else:
+            self.ended.discard(item[0])  # a sender with that chid again
         return item
+
+    async def send_eof(self) -> None:
+        """Say we have finished sending; we go on receiving (docs/protocol.md, 12.2)."""
+        await self._request("eof")
 
     async def __aiter__(self) -> AsyncIterator[tuple[str, bytes]]:
         while (item := await self.recv()) is not None:
@@ -166,7 +183,13 @@ class FramedChannel:
                     if frame.kind == DATA:
                         await self._data.put((frame.chid or "", bytes(frame.payload)))
                     else:
-                        self._control(parse_control(frame.payload))
+                        msg = parse_control(frame.payload)
+                        if msg.get("event") == "eof" and isinstance(msg.get("chid"), str):
+                            await self._data.put(_Ended(msg["chid"]))
+                        else:
+                            self._control(msg)
+                if self._parser.error is not None:
+                    raise self._parser.error
         except FrameError as exc:
             failure = ProtocolViolation(f"bad frame from the relay: {exc.desc}")
         except (OSError, ssl.SSLError) as exc:

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from .messages import HandshakeError, parse_recvers, quote
+from .messages import DuplicateKey, HandshakeError, loads_strict, parse_recvers, quote
 
 HEADER = struct.Struct("!BBHI")
 HEADER_SIZE = HEADER.size  # 8
@@ -56,20 +56,33 @@ class FrameParser:
 
     ``max_payload`` is enforced as soon as a header is read, before any payload
     is buffered, so a peer cannot make the parser hold more than one frame.
+
+    A bad header stops the parser for good: :meth:`feed` returns the frames
+    before it, whatever the segmentation, and :attr:`error` says what was wrong.
     """
 
-    __slots__ = ("_buf", "_max", "_allow_chid")
+    __slots__ = ("_buf", "_max", "_allow_chid", "error")
 
     def __init__(self, max_payload: int, allow_chid: bool = False) -> None:
         self._buf = bytearray()
         self._max = max_payload
         self._allow_chid = allow_chid
+        self.error: FrameError | None = None
+        """Set once the stream broke the framing rules; nothing after it is parsed."""
 
     @property
     def buffered(self) -> int:
         return len(self._buf)
 
+    def discard(self) -> int:
+        """Drop the incomplete frame held (the stream ended inside it); return its size so far."""
+        n = len(self._buf)
+        self._buf = bytearray()
+        return n
+
     def feed(self, data: bytes) -> list[Frame]:
+        if self.error is not None:
+            return []
         buf = self._buf
         whole = not buf  # frames that lie entirely inside ``data`` need no copy
         if buf:
@@ -82,17 +95,22 @@ class FrameParser:
         pos, end_of_data = 0, len(src)
         while end_of_data - pos >= HEADER_SIZE:
             kind, reserved, chid_len, length = HEADER.unpack_from(src, pos)
-            self._check(kind, reserved, chid_len, length)
             start = pos + HEADER_SIZE
             end = start + chid_len + length
-            if end > end_of_data:
-                break
-            chid = None
-            if chid_len:
-                try:
-                    chid = bytes(src[start : start + chid_len]).decode("utf-8")
-                except UnicodeDecodeError:
-                    raise FrameError("sender chid is not valid UTF-8") from None
+            try:
+                self._check(kind, reserved, chid_len, length)
+                if end > end_of_data:
+                    break
+                chid = None
+                if chid_len:
+                    try:
+                        chid = bytes(src[start : start + chid_len]).decode("utf-8")
+                    except UnicodeDecodeError:
+                        raise FrameError("sender chid is not valid UTF-8") from None
+            except FrameError as exc:
+                self.error = exc
+                self._buf = bytearray()
+                return frames
             body = start + chid_len
             payload: bytes | memoryview = view[body:end] if view is not None else bytes(src[body:end])
             frames.append(Frame(kind, payload, chid))
@@ -134,8 +152,10 @@ def control_frame(message: dict[str, Any]) -> bytes:
 def parse_control(payload: bytes | memoryview) -> dict[str, Any]:
     """The JSON object inside a control frame."""
     try:
-        obj = json.loads(bytes(payload).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        obj = loads_strict(bytes(payload).decode("utf-8"))
+    except DuplicateKey:
+        raise FrameError("control frame names a field twice") from None
+    except ValueError:  # UnicodeDecodeError, bad JSON, a number of over 4,300 digits
         raise FrameError("control frame is not a UTF-8 JSON object") from None
     if not isinstance(obj, dict):
         raise FrameError("control frame is not a JSON object")
@@ -166,12 +186,17 @@ class Subscribe:
 
 
 @dataclass(frozen=True, slots=True)
+class EndOfStream:
+    """``eof``: the client has finished sending; it goes on receiving (the framed half-close)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Close:
     reason: str | None
 
 
-Command = SetRecvers | Online | Ping | Subscribe | Close
-COMMANDS = ("recvers", "online", "ping", "subscribe", "close")
+Command = SetRecvers | Online | Ping | Subscribe | EndOfStream | Close
+COMMANDS = ("recvers", "online", "ping", "subscribe", "eof", "close")
 
 
 class CommandError(Exception):
@@ -208,10 +233,13 @@ def _command(cmd: str, msg: dict[str, Any]) -> Command:
     if cmd == "ping":
         return Ping()
     if cmd == "subscribe":
-        on = msg.get("presence", True)
+        on = msg.get("presence")
+        on = True if on is None else on  # null means absent
         if not isinstance(on, bool):
             raise CommandError('"presence" must be true or false')
         return Subscribe(on)
+    if cmd == "eof":
+        return EndOfStream()
     if cmd == "close":
         reason = msg.get("reason")
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
@@ -233,6 +261,10 @@ def reply_error(ident: int, desc: str) -> dict[str, Any]:
 
 def presence_event(chid: str, online: bool) -> dict[str, Any]:
     return {"event": "online" if online else "offline", "chid": chid}
+
+
+def eof_event(chid: str) -> dict[str, Any]:
+    return {"event": "eof", "chid": chid}
 
 
 def close_event(code: str, desc: str) -> dict[str, Any]:

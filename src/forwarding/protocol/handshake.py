@@ -19,7 +19,7 @@ from typing import Any
 
 from .frames import DEFAULT_MAX_FRAME
 from .linebuffer import LineBuffer, LineTooLong
-from .messages import HandshakeError, Hs1, Hs3, Request, encode, hs2, hs4_fail, hs4_ok, parse_request
+from .messages import HandshakeError, Hs1, Hs3, Request, encode, hs2, hs4_fail, hs4_ok, own_chid_desc, parse_request
 from .sealing import Sealer, SealError, new_challenge
 
 
@@ -151,6 +151,8 @@ class ServerHandshake:
                 raise HandshakeError(
                     "hs3 challenge does not match the one in hs2 (replayed handshake?)", "challenge_mismatch"
                 )
+            if isinstance(request, Hs3) and self.chid is not None and self.chid in (request.recvers or ()):
+                raise HandshakeError(own_chid_desc(self.chid))
         except (HandshakeError, SealError) as exc:
             return self.fail(exc.desc, exc.code)
         except LineTooLong as exc:

@@ -16,7 +16,33 @@ from typing import Any
 
 from .chid import chid_problem
 
-_DECODER = json.JSONDecoder()
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        # Parsers disagree on which duplicate wins; a message that means two
+        # things to two programs is refused (docs/protocol.md, section 2).
+        raise DuplicateKey
+    return obj
+
+
+class DuplicateKey(ValueError):
+    """A JSON object names one key twice."""
+
+
+def loads_strict(text: str) -> Any:
+    """``json.loads`` that refuses duplicate keys; raises ``ValueError`` (and only that) on bad input.
+
+    Numbers too long for Python's int conversion (over 4,300 digits) are a
+    ValueError too; ``RecursionError`` from deep nesting is turned into one.
+    """
+    try:
+        return json.loads(text, object_pairs_hook=_object)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object)
 _JSON_WHITESPACE = " \t\n\r"
 
 MAX_RECVERS = 1024
@@ -87,7 +113,9 @@ def parse_request(line: bytes) -> Request:
         # raw_decode skips json.loads' wrappers (one line, one small object, per step);
         # it stops after the value, so whatever follows it makes the line invalid.
         obj, end = _DECODER.raw_decode(text)
-    except (json.JSONDecodeError, RecursionError):
+    except DuplicateKey:
+        raise HandshakeError("handshake line names a field twice") from None
+    except (ValueError, RecursionError):  # ValueError: also a number of over 4,300 digits
         raise HandshakeError("handshake line is not valid JSON") from None
     if end != len(text):
         raise HandshakeError("handshake line is not valid JSON")
@@ -141,22 +169,36 @@ def _parse_hs3(obj: dict[str, Any]) -> Hs3:
     if timeout is not None:
         if isinstance(timeout, bool) or not isinstance(timeout, int | float):
             raise HandshakeError('"timeout" must be a number of seconds')
-        if not math.isfinite(timeout) or timeout <= 0:
+        if timeout <= 0:
             raise HandshakeError('"timeout" must be a positive number of seconds')
-        timeout = float(timeout)
-    wait = obj.get("wait", False)
+        try:
+            timeout = float(timeout)  # an integer too large for a float: OverflowError
+        except OverflowError:
+            timeout = math.inf
+        if not math.isfinite(timeout):
+            raise HandshakeError('"timeout" must be a positive, finite number of seconds')
+    # null means absent, for every optional field (docs/protocol.md, section 3).
+    wait = _default(obj.get("wait"), False)
     if not isinstance(wait, bool):
         raise HandshakeError('"wait" must be true or false')
-    hangup = obj.get("hangup", False)
+    hangup = _default(obj.get("hangup"), False)
     if not isinstance(hangup, bool):
         raise HandshakeError('"hangup" must be true or false')
     challenge = obj.get("challenge")
     if challenge is not None and not isinstance(challenge, str):
         raise HandshakeError('"challenge" must be a string')
-    mode = obj.get("mode", "raw")
+    mode = _default(obj.get("mode"), "raw")
     if mode not in ("raw", "framed"):
         raise HandshakeError('"mode" must be "raw" or "framed"')
     return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge, hangup=hangup, framed=mode == "framed")
+
+
+def _default(value: object, default: object) -> object:
+    return default if value is None else value
+
+
+def own_chid_desc(chid: str) -> str:
+    return f'"recvers" names this session\'s own chid {quote(chid)}: a client never receives its own data'
 
 
 def quote(text: str, limit: int = 32) -> str:

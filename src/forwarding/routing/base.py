@@ -17,6 +17,21 @@ class Sink(Protocol):
     @property
     def chid(self) -> str: ...
 
+    @property
+    def recvers(self) -> tuple[str, ...] | None:
+        """The chids this sink sends to (``None``: broadcast); read by the router at claim and finish."""
+        ...
+
+    @property
+    def framed(self) -> bool:
+        """Framed sinks hear of every broadcaster's end of stream, raw ones only of their named senders'."""
+        ...
+
+    @property
+    def has_sent(self) -> bool:
+        """Whether this sink has sent any data: a broadcaster that never did has no stream to end."""
+        ...
+
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:
         """Queue ``data`` from chid ``sender`` for the client; ``True`` if the sink is now over its high-water mark.
 
@@ -47,6 +62,15 @@ class Sink(Protocol):
         """A receiver this sink asked to hang up with (hs3 ``hangup``) went offline."""
         ...
 
+    def sender_finished(self, chid: str, last: bool) -> None:
+        """Sender ``chid``, which delivered to this sink, has finished sending (FIN, or it left).
+
+        ``last``: no other online session that names this sink in its recvers is
+        still sending. Called after the sender's last delivery and before it goes
+        offline. Must not release any sink synchronously.
+        """
+        ...
+
     def discard_waiter(self, sender: Sink) -> None:
         """Forget ``sender``: it closed while paused on this sink."""
         ...
@@ -65,7 +89,42 @@ class Router(Protocol):
         ...
 
     def release(self, sink: Sink) -> None:
-        """Take ``sink`` offline; its chid is free at once. Releasing twice is harmless."""
+        """Take ``sink`` offline; its chid is free at once. Releasing twice is harmless.
+
+        A sink that had not finished sending is finished first, so its receivers
+        hear of its end of stream before its ``offline`` event.
+        """
+        ...
+
+    def finish(self, sink: Sink) -> None:
+        """``sink`` has finished sending (its client sent FIN); it stays online as a receiver.
+
+        Each receiver it names gets ``sender_finished(sink.chid, last)``; for a
+        broadcaster that has sent data, every framed sink does (``last`` false).
+        Finishing twice is harmless.
+        """
+        ...
+
+    def senders(self, chid: str) -> int:
+        """How many online sessions name ``chid`` in their recvers and have not finished sending."""
+        ...
+
+    def has_finished(self, chid: str) -> bool:
+        """Whether ``chid`` is online and its session has finished sending (it is on its way out)."""
+        ...
+
+    def when_offline(self, chid: str, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` once, when ``chid`` next goes offline (at once if it is not online)."""
+        ...
+
+    def cancel_when_offline(self, chid: str, callback: Callable[[], None]) -> None: ...
+
+    def retarget(self, sink: Sink, recvers: tuple[str, ...] | None) -> None:
+        """``sink`` (online) is about to send to ``recvers`` instead of ``sink.recvers``.
+
+        Call it before changing ``sink.recvers``. Moving away from a receiver is not
+        an end of stream: that receiver is not told.
+        """
         ...
 
     def online(self, chids: Iterable[str]) -> list[str]:

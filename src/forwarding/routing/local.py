@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from .base import OnlineCallback, Sink
 
@@ -23,6 +23,12 @@ class LocalRouter:
         self._presence: dict[str, set[Sink]] = {}  # chid -> sinks subscribed to it
         self._presence_all: set[Sink] = set()  # sinks subscribed to everyone
         self._presence_of: dict[Sink, tuple[str, ...] | None] = {}
+        # End of stream (docs/protocol.md, 5.1): per chid, how many online sessions
+        # that name it are still sending; a count, not a set, for idle memory.
+        self._fan_in: dict[str, int] = {}
+        self._finished: set[Sink] = set()  # online, but done sending
+        self._framed: set[Sink] = set()  # told of every broadcaster's end of stream
+        self._offline_watch: dict[str, list[Callable[[], None]]] = {}
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -32,12 +38,20 @@ class LocalRouter:
         if chid in self._sinks:
             return False
         self._sinks[chid] = sink
+        self._count_fan_in(sink.recvers, 1)
+        if sink.framed:
+            self._framed.add(sink)
         for callback in list(self._watchers):
             callback(chid)
         self._announce(sink, True)
         return True
 
     def release(self, sink: Sink) -> None:
+        if self._sinks.get(sink.chid) is not sink:
+            return
+        self.finish(sink)  # its receivers hear of its end of stream before it goes offline
+        self._finished.discard(sink)
+        self._framed.discard(sink)
         self.unsubscribe(sink)
         for chid in self._hangup_chids.pop(sink, ()):
             bound = self._hangups.get(chid)
@@ -45,13 +59,70 @@ class LocalRouter:
                 bound.discard(sink)
                 if not bound:
                     del self._hangups[chid]
-        if self._sinks.get(sink.chid) is sink:
-            del self._sinks[sink.chid]
-            self._announce(sink, False)
-            # At once, not later: a new owner of this chid must never find the
-            # old partner still online.
-            for partner in list(self._hangups.get(sink.chid, ())):
-                partner.peer_left(sink.chid)
+        del self._sinks[sink.chid]
+        self._announce(sink, False)
+        # At once, not later: a new owner of this chid must never find the
+        # old partner still online.
+        for partner in list(self._hangups.get(sink.chid, ())):
+            partner.peer_left(sink.chid)
+        for callback in self._offline_watch.pop(sink.chid, ()):
+            callback()
+
+    def has_finished(self, chid: str) -> bool:
+        sink = self._sinks.get(chid)
+        return sink is not None and sink in self._finished
+
+    def when_offline(self, chid: str, callback: Callable[[], None]) -> None:
+        if chid not in self._sinks:
+            callback()
+        else:
+            self._offline_watch.setdefault(chid, []).append(callback)
+
+    def cancel_when_offline(self, chid: str, callback: Callable[[], None]) -> None:
+        callbacks = self._offline_watch.get(chid)
+        if callbacks and callback in callbacks:
+            callbacks.remove(callback)
+            if not callbacks:
+                del self._offline_watch[chid]
+
+    def finish(self, sink: Sink) -> None:
+        if sink in self._finished or self._sinks.get(sink.chid) is not sink:
+            return
+        self._finished.add(sink)
+        recvers = sink.recvers
+        origin = sink.chid
+        if recvers is None:
+            # Raw receivers cannot tell one broadcaster's end from another's: only
+            # framed ones hear of it (as an eof event), at the cost of one event each.
+            if not sink.has_sent:
+                return
+            for other in list(self._framed):
+                if other is not sink:
+                    other.sender_finished(origin, False)
+            return
+        self._count_fan_in(recvers, -1)
+        fan_in, sinks = self._fan_in, self._sinks
+        for chid in recvers:
+            receiver = sinks.get(chid)
+            if receiver is not None:
+                receiver.sender_finished(origin, chid not in fan_in)
+
+    def senders(self, chid: str) -> int:
+        return self._fan_in.get(chid, 0)
+
+    def retarget(self, sink: Sink, recvers: tuple[str, ...] | None) -> None:
+        if sink not in self._finished and self._sinks.get(sink.chid) is sink:
+            self._count_fan_in(sink.recvers, -1)
+            self._count_fan_in(recvers, 1)
+
+    def _count_fan_in(self, recvers: tuple[str, ...] | None, step: int) -> None:
+        fan_in = self._fan_in
+        for chid in recvers or ():
+            n = fan_in.get(chid, 0) + step
+            if n:
+                fan_in[chid] = n
+            else:
+                del fan_in[chid]
 
     def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
         self._hangup_chids[sink] = chids

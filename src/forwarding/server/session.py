@@ -21,6 +21,7 @@ from ..protocol.frames import (
     MAX_ONLINE,
     Close,
     CommandError,
+    EndOfStream,
     FrameError,
     FrameParser,
     Online,
@@ -30,6 +31,7 @@ from ..protocol.frames import (
     close_event,
     control_frame,
     data_header,
+    eof_event,
     parse_command,
     parse_control,
     presence_event,
@@ -37,7 +39,7 @@ from ..protocol.frames import (
     reply_ok,
 )
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
-from ..protocol.messages import encode, hs4_fail, quote
+from ..protocol.messages import encode, hs4_fail, own_chid_desc, quote
 from ..routing.base import Router, Sink
 from .deadlines import Expiring
 from .outcome import Outcome
@@ -73,6 +75,9 @@ class Session(asyncio.Protocol, Expiring):
         "opened_at",
         "last_active",
         "established",
+        "_raw_live",
+        "_in_done",
+        "_out_done",
         "_transport",
         "_ip",
         "_admitted",
@@ -80,6 +85,7 @@ class Session(asyncio.Protocol, Expiring):
         "_hs",
         "_registered",
         "_waiting",
+        "_awaiting_chid",
         "_pending",
         "_write_paused",
         "_blockers",
@@ -111,6 +117,12 @@ class Session(asyncio.Protocol, Expiring):
         self.opened_at = self._loop.time()
         self.last_active = self.opened_at
         self.established = False
+        # The raw hot path's one test: established, raw, output not ended.
+        self._raw_live = False
+        # End of stream (docs/protocol.md, 5.1): the client has sent FIN (or its
+        # pump saw it); the relay has ended (or will end) the client's input.
+        self._in_done = False
+        self._out_done = False
         self._transport: asyncio.Transport | None = None
         self._ip = "?"
         self._admitted = False
@@ -118,6 +130,7 @@ class Session(asyncio.Protocol, Expiring):
         self._hs: ServerHandshake | None = None
         self._registered = False
         self._waiting = False
+        self._awaiting_chid = False  # hs1 named a chid whose owner has finished sending
         # Until hs4 is out, deliveries queue here and count as "over the mark",
         # so their senders pause after one read: bounded by fan-in x one read.
         self._pending: list[bytes | memoryview] | None = None
@@ -136,6 +149,10 @@ class Session(asyncio.Protocol, Expiring):
     @property
     def framed(self) -> bool:
         return self._frames is not None
+
+    @property
+    def has_sent(self) -> bool:
+        return self.bytes_in > 0
 
     # -- asyncio callbacks ----------------------------------------------------
 
@@ -212,8 +229,19 @@ class Session(asyncio.Protocol, Expiring):
         self._drive_handshake()
 
     def eof_received(self) -> bool:
+        """The client sent FIN: it has finished sending, not receiving (docs/protocol.md, 5.1)."""
         if self.outcome is None:
-            self.outcome = Outcome.CLIENT_CLOSED if self.established else Outcome.HANDSHAKE_ABANDONED
+            if self._frames is not None and self.established:
+                # Framed: FIN is leaving, the eof command is the half-close (12.2), so
+                # a framed client that dies is offline at once.
+                if self._frames.buffered:
+                    self.dropped += self._frames.discard()  # a frame cut short: never forwarded
+                self.close(Outcome.CLIENT_CLOSED, "the client sent FIN")
+                return False
+            if self.established:
+                self._input_ended()
+                return self.outcome is None  # True keeps the transport open for writing
+            self.outcome = Outcome.HANDSHAKE_ABANDONED
         return False  # close our side too; queued bytes are flushed first
 
     def pause_writing(self) -> None:
@@ -247,23 +275,81 @@ class Session(asyncio.Protocol, Expiring):
     # -- Sink, for the router ------------------------------------------------
 
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:
-        self.bytes_out += len(data)
-        self.last_active = self._loop.time()
-        if self._frames is None and self.established:
+        if self._raw_live:
             # The raw hot path: the sender's bytes object as it is, one write.
+            self.bytes_out += len(data)
+            self.last_active = self._loop.time()
             self._transport.write(data)  # type: ignore[union-attr]  # established => connected
             return self._write_paused
+        if self._out_done:  # a raw client whose input the relay has ended (5.1)
+            self.dropped += len(data)
+            return False
+        self.bytes_out += len(data)
+        self.last_active = self._loop.time()
         chunks: tuple[bytes | memoryview, ...] = (data,)
         if self._frames is not None:
             # A data frame tagged with the sender: the header is the only new bytes.
             chunks = (data_header(len(data), sender.encode()), data)
+        self._write(chunks)
+        return self._write_paused
+
+    def _write(self, chunks: tuple[bytes | memoryview, ...]) -> None:
+        """Write now, or queue until hs4 is out (section 4.3)."""
         if self.established:
             self._transport.writelines(chunks)  # type: ignore[union-attr]
         elif self._pending is None:
             self._pending = list(chunks)
         else:
             self._pending.extend(chunks)
-        return self._write_paused
+
+    def sender_finished(self, chid: str, last: bool) -> None:
+        if self.outcome is not None or self._out_done:
+            return
+        if self._frames is not None:
+            self._write((control_frame(eof_event(chid)),))
+        elif last:
+            if self._in_done:
+                self._finish_later()
+            else:
+                self._end_output()
+
+    def _input_ended(self) -> None:
+        """The client finished sending (raw FIN, framed eof): tell its receivers.
+
+        A raw session is closed when nothing can reach it any more; a framed one
+        stays until its client closes it.
+        """
+        if self._in_done or self.outcome is not None:
+            return
+        self._in_done = True
+        self._router.finish(self)
+        if self._frames is not None:
+            return
+        if self.outcome is None and (self._out_done or not self._router.senders(self.chid)):
+            self._finish()
+        elif self.idle_timeout > self._config.half_close_timeout:
+            self.idle_timeout = self._config.half_close_timeout
+            self._arm_idle_timer()
+
+    def _end_output(self) -> None:
+        """End the client's input (FIN) once what is queued for it is written; it may go on sending."""
+        self._out_done = True
+        self._raw_live = False
+        if self.established:
+            assert self._transport is not None
+            self._transport.write_eof()
+        # else _establish ends it right after hs4 and the queued bytes
+
+    def _finish_later(self) -> None:
+        # Both directions are done. Deferred: we are inside the router's finish(),
+        # and closing releases us, which must not happen synchronously there.
+        self._out_done = True
+        self._raw_live = False
+        self._loop.call_soon(self._finish)
+
+    def _finish(self) -> None:
+        if self.outcome is None:
+            self.close(Outcome.CLIENT_CLOSED, "both directions finished")
 
     def presence(self, chid: str, online: bool) -> None:
         if self.outcome is None and self.established:
@@ -321,13 +407,38 @@ class Session(asyncio.Protocol, Expiring):
             chid = generate_chid()
         elif self._router.is_online(event.chid):
             self.chid = event.chid  # for the log line; never registered
-            desc = f"chid {quote(event.chid)} is online; pick another or omit it"
-            self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
+            if self._router.has_finished(event.chid):
+                # Its owner has sent FIN and is on its way out (5.1): a client that
+                # closes and comes straight back must not lose the race to itself.
+                # Wait for it to go offline, within the handshake timeout.
+                self._awaiting_chid = True
+                assert self._transport is not None
+                self._transport.pause_reading()
+                self._router.when_offline(event.chid, self._chid_freed)
+                return
+            self._refuse(Outcome.CHID_IN_USE, _in_use(event.chid), "chid_in_use")
             return
         else:
             chid = event.chid
         self.chid = chid
         self._hs.accept_chid(chid)
+
+    def _chid_freed(self) -> None:
+        # Deferred: we are inside the old owner's release().
+        self._loop.call_soon(self._take_freed_chid)
+
+    def _take_freed_chid(self) -> None:
+        if not self._awaiting_chid or self.outcome is not None:
+            return
+        self._awaiting_chid = False
+        assert self._hs is not None and self._transport is not None
+        if self._router.is_online(self.chid):  # someone else was quicker
+            self._refuse(Outcome.CHID_IN_USE, _in_use(self.chid), "chid_in_use")
+            return
+        self._hs.accept_chid(self.chid)
+        if not self._blockers:
+            self._transport.resume_reading()
+        self._drive_handshake()  # a pipelined hs3 may be buffered
 
     def _on_hs3(self, event: Hs3Received) -> None:
         self.recvers = event.recvers
@@ -399,10 +510,13 @@ class Session(asyncio.Protocol, Expiring):
         pending, self._pending = self._pending, None
         self._write_paused = False
         self.established = True
+        self._raw_live = self._frames is None and not self._out_done
         if hs4:
             transport.write(hs4)
         for chunk in pending or ():
             transport.write(chunk)
+        if self._out_done:  # its last sender finished before hs4 was out
+            transport.write_eof()
         self.last_active = self._loop.time()
         self._arm_idle_timer()
         if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
@@ -419,18 +533,19 @@ class Session(asyncio.Protocol, Expiring):
     # -- framed mode (docs/protocol.md, section 12) -------------------------------
 
     def _frames_received(self, data: bytes) -> None:
-        assert self._frames is not None
+        parser = self._frames
+        assert parser is not None
         self.last_active = self._loop.time()
-        try:
-            frames = self._frames.feed(data)
-        except FrameError as exc:
-            self._frame_error(exc)
-            return
         replied = False
-        for frame in frames:
+        # Every complete frame before a bad header is executed first, however
+        # TCP cut the stream (docs/protocol.md, 12.2).
+        for frame in parser.feed(data):
             if self.outcome is not None:
                 return
             if frame.kind == DATA:
+                if self._in_done:
+                    self._frame_error(FrameError("a data frame after the eof command"))
+                    return
                 self.bytes_in += len(frame.payload)
                 dropped = self._router.route(self, self.recvers, frame.payload)
                 if dropped:
@@ -438,6 +553,9 @@ class Session(asyncio.Protocol, Expiring):
             else:
                 self._command(frame.payload)
                 replied = True
+        if parser.error is not None:
+            self._frame_error(parser.error)
+            return
         if replied and self._write_paused and self.outcome is None:
             # Our own replies are piling up unread: stop reading commands until
             # they drain, as for any receiver over its mark.
@@ -454,8 +572,12 @@ class Session(asyncio.Protocol, Expiring):
             return
         router = self._router
         if isinstance(cmd, SetRecvers):
+            if cmd.recvers is not None and self.chid in cmd.recvers:
+                self._send_control(reply_error(ident, own_chid_desc(self.chid)))
+                return
             # Frames before this one went to the old recvers, frames after it go
             # to the new ones: the parser hands them over in order.
+            router.retarget(self, cmd.recvers)
             self.recvers = cmd.recvers
             if self._subscribed:
                 router.subscribe(self, self.recvers)
@@ -472,6 +594,9 @@ class Session(asyncio.Protocol, Expiring):
             else:
                 router.unsubscribe(self)
                 self._send_control(reply_ok(ident, presence=False))
+        elif isinstance(cmd, EndOfStream):
+            self._send_control(reply_ok(ident))
+            self._input_ended()
         elif isinstance(cmd, Close):
             self._send_control(reply_ok(ident))
             self.close(Outcome.CLIENT_CLOSED, f"closed by the client: {cmd.reason}" if cmd.reason else None)
@@ -483,8 +608,7 @@ class Session(asyncio.Protocol, Expiring):
         return [c for c in self._router.all_online(MAX_ONLINE + 1) if c != self.chid][:MAX_ONLINE]
 
     def _send_control(self, message: dict[str, object]) -> None:
-        assert self._transport is not None
-        self._transport.write(control_frame(message))
+        self._write((control_frame(message),))
 
     def _frame_error(self, exc: FrameError) -> None:
         self.close(Outcome.FRAME_ERROR, exc.desc, reason_code=exc.code)
@@ -539,7 +663,9 @@ class Session(asyncio.Protocol, Expiring):
         """Our pump closed; if we are still open (its receiver left), read the ordinary way."""
         if self.pump is pump:
             self.pump = None
-            if self.outcome is None and not self._blockers and self._transport is not None:
+            if pump.source_ended:  # our client's FIN, and the pipe is drained: as eof_received
+                self._input_ended()
+            elif self.outcome is None and not self._blockers and self._transport is not None:
                 self._transport.resume_reading()
 
     def inbound_pump_stopped(self, pump: Pump) -> None:
@@ -562,6 +688,8 @@ class Session(asyncio.Protocol, Expiring):
         now = self._loop.time()
         if hs.deadline is not None and now < hs.deadline:  # pragma: no cover - early by clock resolution
             self._arm_handshake_timer()
+        elif self._awaiting_chid:
+            self._refuse(Outcome.CHID_IN_USE, _in_use(self.chid), "chid_in_use")
         elif self._waiting:
             assert self.recvers is not None
             missing = [c for c in self.recvers if not self._router.is_online(c)]
@@ -638,6 +766,9 @@ class Session(asyncio.Protocol, Expiring):
         if self._waiting:
             self._waiting = False
             self._router.unwatch(self._on_peer_online)
+        if self._awaiting_chid:
+            self._awaiting_chid = False
+            self._router.cancel_when_offline(self.chid, self._chid_freed)
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, None
@@ -646,7 +777,7 @@ class Session(asyncio.Protocol, Expiring):
 
     def _teardown(self) -> None:
         self._leave_router()
-        self.established = False
+        self.established = self._raw_live = False
         for handle in (self._timer, self._slow_timer):
             if handle is not None:
                 handle.cancel()
@@ -657,6 +788,10 @@ class Session(asyncio.Protocol, Expiring):
         blockers, self._blockers = self._blockers, None
         for receiver in blockers or ():
             receiver.discard_waiter(self)
+
+
+def _in_use(chid: str) -> str:
+    return f"chid {quote(chid)} is online; pick another or omit it"
 
 
 def _recvers_text(recvers: tuple[str, ...] | None) -> str:

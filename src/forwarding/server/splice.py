@@ -104,6 +104,7 @@ class Pump:
         "_stalled",
         "_source_done",
         "_source_error",
+        "source_ended",
         "_slow",
         "_slow_timer",
         "_closed",
@@ -155,6 +156,8 @@ class Pump:
         self._stalled = False
         self._source_done = False
         self._source_error: str | None = None
+        self.source_ended = False
+        """The sender sent FIN and the pipe was drained: its session goes on as a receiver."""
         self._slow = slow_receiver_timeout
         self._slow_timer: asyncio.TimerHandle | None = None
         self._closed = False
@@ -239,10 +242,13 @@ class Pump:
             self._finish_source()
 
     def _finish_source(self) -> None:
-        # Closing the sender's session stops this pump (Session._leave_router).
         if self._source_error is None:
-            self.sender.close(Outcome.CLIENT_CLOSED)
+            # Every byte is in the receiver's socket; stopping tells the sender
+            # (Session.pump_stopped), which passes the end of stream on (5.1).
+            self.source_ended = True
+            self.stop()
         else:
+            # Closing the sender's session stops this pump (Session._leave_router).
             self.sender.close(Outcome.RESET, self._source_error, abort=True)
 
     def stop(self) -> None:

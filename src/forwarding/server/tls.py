@@ -49,7 +49,10 @@ class TlsProtocol(asyncio.Protocol):
                 self._handshaken = True
                 self._flush()
                 self._session.tls_established()
-            plain = self._read_plain()
+            while plain := self._read_plain():
+                # At most READ_SIZE per call, as from a plain socket: the largest
+                # data frame the relay sends is bounded by it (docs/protocol.md, 12.1).
+                self._session.data_received(plain)
         except ssl.SSLWantReadError:
             self._flush()
             return
@@ -58,18 +61,19 @@ class TlsProtocol(asyncio.Protocol):
             self._session.close(Outcome.TLS_FAILED if not self._handshaken else Outcome.RESET, str(exc))
             return
         self._flush()
-        if plain:
-            self._session.data_received(plain)
         if self._close_notified and self._app is not None:
             self._close_notified = False  # once
+            # close_notify is the client's FIN (TLS 1.3 allows writing on after it):
+            # the session may keep the connection open to send (5.1).
             if not self._session.eof_received():
                 self._app.close()
 
     def _read_plain(self) -> bytes:
         chunks = []
-        while True:
+        left = READ_SIZE
+        while left > 0:
             try:
-                chunk = self._ssl.read(READ_SIZE)
+                chunk = self._ssl.read(left)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # close_notify: the client's EOF
@@ -79,6 +83,7 @@ class TlsProtocol(asyncio.Protocol):
                 self._close_notified = True
                 break
             chunks.append(chunk)
+            left -= len(chunk)
         return b"".join(chunks)
 
     def _flush(self) -> None:
@@ -124,12 +129,23 @@ class TlsTransport(asyncio.Transport):
         return self._raw.get_extra_info(name, default)
 
     def close(self) -> None:
+        self._close_notify()
+        self._raw.close()
+
+    def write_eof(self) -> None:
+        """close_notify, then FIN: the client's end of input; it may go on sending (TLS 1.3)."""
+        self._close_notify()
+        self._raw.write_eof()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def _close_notify(self) -> None:
         try:
             self._ssl_object.unwrap()  # queue close_notify
-        except ssl.SSLError:
+        except ssl.SSLError:  # SSLWantReadError: the client's own has not come yet
             pass
         self._protocol._flush()
-        self._raw.close()
 
     def abort(self) -> None:
         self._raw.abort()
