@@ -113,6 +113,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"disconnect a client that stays above the high mark this long (default {d.slow_receiver_timeout:g})",
     )
     p.add_argument(
+        "--close-timeout",
+        type=_positive,
+        default=d.close_timeout,
+        metavar="SECONDS",
+        help=f"cut a closing connection that has not flushed and answered FIN by then (default {d.close_timeout:g})",
+    )
+    p.add_argument(
         "--half-close-timeout",
         type=_positive,
         default=d.half_close_timeout,
@@ -241,6 +248,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         write_buffer_low=args.write_buffer_low,
         slow_receiver_timeout=args.slow_receiver_timeout,
         half_close_timeout=args.half_close_timeout,
+        close_timeout=args.close_timeout,
         shutdown_grace=args.shutdown_grace,
         splice=args.splice,
         splice_after=args.splice_after,

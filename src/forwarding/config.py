@@ -43,6 +43,12 @@ class ServerConfig:
     """Bytes queued for one client below which its senders are read again."""
     slow_receiver_timeout: float = 30.0
     """Seconds a client may stay above ``write_buffer_high`` before it is disconnected."""
+    close_timeout: float = 10.0
+    """Seconds a closing session may take to flush what is queued for it and answer the relay's FIN.
+
+    Then the connection is cut (RST) and what was left is counted as dropped:
+    a client that stops reading cannot keep a closing session, its descriptor
+    and its queue for ever."""
     half_close_timeout: float = 30.0
     """Idle timeout, in seconds, of a session whose client has sent FIN (lowered to it, never raised).
 

@@ -174,11 +174,16 @@ class Client:
         return bytes(out)
 
     def assert_closed(self) -> None:
-        """The server closes the connection (EOF or reset) with nothing more to read."""
+        """The server closes the connection (EOF or reset) with nothing more to read; we close too.
+
+        A graceful close by the server waits for our FIN (docs/protocol.md, 5), as
+        any client's close would answer it.
+        """
         try:
             assert self.recv_until_eof() == b""
         except ConnectionResetError:
             pass
+        self.sock.close()
 
     def close(self) -> None:
         self.sock.close()

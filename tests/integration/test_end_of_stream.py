@@ -177,7 +177,7 @@ def test_a_framed_client_that_sends_fin_gets_the_close_event(server):
     assert me.control() == {"event": "close", "code": "client_closed", "desc": "the client sent FIN"}
     me.c.assert_closed()
     line = server.closed_line("me")
-    assert 'reason="client_closed"' in line and "dropped=5" in line  # the cut frame, counted
+    assert 'reason="client_closed"' in line and "discarded=5" in line  # the cut frame, counted
     assert peer.recv_until_eof() == b""  # and me's FIN reached its raw receiver
 
 

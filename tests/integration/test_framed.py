@@ -246,6 +246,7 @@ def test_admin_lists_and_closes_sessions_and_reloads(start_server, tmp_path):
     assert listing.returncode == 0 and " a " in listing.stdout and "framed" in listing.stdout, listing
     assert admin("close", "f").returncode == 0
     assert f.control() == {"event": "close", "code": "admin_closed", "desc": "closed by an operator"}
+    f.c.assert_closed()
     assert 'reason="admin_closed"' in server.closed_line("f")
     missing = admin("close", "nobody")
     assert missing.returncode == 1 and "no session" in missing.stderr

@@ -50,3 +50,15 @@ def test_byte_at_a_time_feed_resumes_the_search_where_it_stopped():
         assert buf._scanned == len(buf)  # never rescans what it has seen
     buf.feed(b"\n")
     assert buf.next_line() == b"x" * 1000
+
+
+def test_a_run_of_blank_lines_is_skipped_in_one_step_and_counts_toward_the_total():
+    from forwarding.protocol.linebuffer import TooMuchInput
+
+    buf = LineBuffer(100, max_total=1000)
+    buf.feed(b"\n\r\n \t\n" * 100 + b'{"req":"hs1"}\n')
+    buf.skip_blank()
+    assert buf.next_line() == b'{"req":"hs1"}'
+    buf.feed(b"\n" * 400)
+    with pytest.raises(TooMuchInput, match="exceeds 1000 bytes"):
+        buf.skip_blank()

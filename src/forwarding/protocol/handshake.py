@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .frames import DEFAULT_MAX_FRAME
-from .linebuffer import LineBuffer, LineTooLong
+from .linebuffer import LineBuffer, LineTooLong, TooMuchInput
 from .messages import HandshakeError, Hs1, Hs3, Request, encode, hs2, hs4_fail, hs4_ok, own_chid_desc, parse_request
 from .sealing import Sealer, SealError, new_challenge
 
@@ -121,7 +121,8 @@ class ServerHandshake:
         """hs3 asked for framed mode."""
         self.deadline: float | None = now + limits.handshake_timeout
         """When the handshake expires; ``None`` once it is over."""
-        self._lines = LineBuffer(limits.max_line)
+        # Two lines of at most max_line, and room for blank lines around them.
+        self._lines = LineBuffer(limits.max_line, 4 * limits.max_line)
         self._out: list[bytes] = []
 
     # -- input -------------------------------------------------------------
@@ -134,9 +135,8 @@ class ServerHandshake:
         if transitions is None:
             return PAUSED
         try:
+            self._lines.skip_blank()  # blank lines carry nothing
             line = self._lines.next_line()
-            while line is not None and not line.strip():
-                line = self._lines.next_line()  # blank lines carry nothing; skip them
             if line is None:
                 return NEED_DATA
             line = line.rstrip(b"\r")
@@ -155,7 +155,7 @@ class ServerHandshake:
                 raise HandshakeError(own_chid_desc(self.chid))
         except (HandshakeError, SealError) as exc:
             return self.fail(exc.desc, exc.code)
-        except LineTooLong as exc:
+        except (LineTooLong, TooMuchInput) as exc:
             return self.fail(str(exc))
         self.state = next_state
         if isinstance(request, Hs1):

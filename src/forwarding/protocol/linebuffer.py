@@ -15,20 +15,37 @@ class LineTooLong(Exception):
         self.max_line = max_line
 
 
+class TooMuchInput(Exception):
+    """More than ``max_total`` bytes of lines, blank ones included, went through the buffer."""
+
+    def __init__(self, max_total: int) -> None:
+        super().__init__(f"handshake exceeds {max_total} bytes before hs4, blank lines included")
+        self.max_total = max_total
+
+
+_BLANK = b" \t\r\n"
+
+
 class LineBuffer:
     """Accumulates bytes and hands out complete lines.
 
     Memory is bounded by ``max_line`` plus the size of one ``feed`` call: the
     buffer is checked after every feed and refuses to hold an unterminated line
-    longer than ``max_line``.
+    longer than ``max_line``. Work is linear in the bytes fed, blank lines
+    included: :meth:`skip_blank` drops a run of them in one C call, not one
+    line at a time (each of which would move the rest of the buffer). With
+    ``max_total``, the lines handed out and skipped may add up to that many
+    bytes, so a peer cannot keep a connection busy with endless blank lines.
     """
 
-    __slots__ = ("_buf", "_scanned", "max_line")
+    __slots__ = ("_buf", "_scanned", "max_line", "_max_total", "_consumed")
 
-    def __init__(self, max_line: int) -> None:
+    def __init__(self, max_line: int, max_total: int | None = None) -> None:
         self._buf = bytearray()
         self._scanned = 0
         self.max_line = max_line
+        self._max_total = max_total
+        self._consumed = 0
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -47,10 +64,25 @@ class LineBuffer:
             return None
         if end > self.max_line:
             raise LineTooLong(self.max_line)
+        self._consume(end + 1)
         line = bytes(self._buf[:end])
         del self._buf[: end + 1]
         self._scanned = 0
         return line
+
+    def skip_blank(self) -> None:
+        """Drop the whitespace (spaces, tabs, CR, LF) at the front: blank lines, and the indent of the next."""
+        buf = self._buf
+        if buf and buf[0] in _BLANK:
+            n = len(buf) - len(buf.lstrip(_BLANK))
+            self._consume(n)
+            del buf[:n]
+            self._scanned = 0
+
+    def _consume(self, n: int) -> None:
+        self._consumed += n
+        if self._max_total is not None and self._consumed > self._max_total:
+            raise TooMuchInput(self._max_total)
 
     def take_rest(self) -> bytes:
         """Remove and return everything buffered (the bytes after the last line)."""

@@ -38,11 +38,13 @@ class RelayCollector(Collector):
         # 100 sessions or 100,000. Nothing else runs meanwhile (this is the loop).
         connections = raw = framed = spliced = 0
         bytes_in, bytes_out, dropped = stats.bytes_in, stats.bytes_out, stats.bytes_dropped
+        discarded = stats.bytes_discarded
         for s in relay.sessions:
             connections += 1
             bytes_in += s.bytes_in
             bytes_out += s.bytes_out
             dropped += s.dropped
+            discarded += s.discarded
             if s.established:
                 if s.framed:
                     framed += 1
@@ -66,7 +68,14 @@ class RelayCollector(Collector):
         # Totals of closed sessions plus what live ones have moved so far.
         yield CounterMetricFamily("forwarding_received_bytes", "Bytes read from clients after the handshake.", bytes_in)
         yield CounterMetricFamily("forwarding_sent_bytes", "Bytes queued for clients after the handshake.", bytes_out)
-        yield CounterMetricFamily("forwarding_dropped_bytes", "Bytes not delivered (receiver gone).", dropped)
+        yield CounterMetricFamily(
+            "forwarding_dropped_bytes", "Bytes not delivered (receiver offline, its input ended, or cut off).", dropped
+        )
+        yield CounterMetricFamily(
+            "forwarding_discarded_bytes",
+            "Bytes clients sent after their session began closing, read and discarded.",
+            discarded,
+        )
 
 
 async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:

@@ -43,6 +43,7 @@ class Stats:
     bytes_in: int = 0
     bytes_out: int = 0
     bytes_dropped: int = 0
+    bytes_discarded: int = 0
     outcomes: dict[Outcome, int] = dataclasses.field(default_factory=dict)
     """Closed connections by outcome."""
 
@@ -178,6 +179,7 @@ class Relay:
         stats.bytes_in += session.bytes_in
         stats.bytes_out += session.bytes_out
         stats.bytes_dropped += session.dropped
+        stats.bytes_discarded += session.discarded
         assert session.outcome is not None
         stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
         loggable = session.outcome is not Outcome.REFUSED or self._may_log_refusal()
@@ -189,6 +191,7 @@ class Relay:
                 "in": session.bytes_in,
                 "out": session.bytes_out,
                 "dropped": session.dropped,
+                "discarded": session.discarded,
                 "duration": round(self.loop.time() - session.opened_at, 3),
             }
             if session.desc:

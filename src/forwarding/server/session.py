@@ -70,6 +70,7 @@ class Session(asyncio.Protocol, Expiring):
         "bytes_in",
         "bytes_out",
         "dropped",
+        "discarded",
         "outcome",
         "desc",
         "opened_at",
@@ -78,6 +79,7 @@ class Session(asyncio.Protocol, Expiring):
         "_raw_live",
         "_in_done",
         "_out_done",
+        "_closing",
         "_transport",
         "_ip",
         "_admitted",
@@ -112,6 +114,9 @@ class Session(asyncio.Protocol, Expiring):
         self.bytes_in = 0
         self.bytes_out = 0
         self.dropped = 0
+        """Bytes the relay could not deliver: to an offline or ended receiver, or cut from this one's queue."""
+        self.discarded = 0
+        """Bytes the client sent that were thrown away unread: after the close began, or a frame cut by FIN."""
         self.outcome: Outcome | None = None
         self.desc: str | None = None
         self.opened_at = self._loop.time()
@@ -123,6 +128,7 @@ class Session(asyncio.Protocol, Expiring):
         # pump saw it); the relay has ended (or will end) the client's input.
         self._in_done = False
         self._out_done = False
+        self._closing = False  # a graceful close is under way (see _close)
         self._transport: asyncio.Transport | None = None
         self._ip = "?"
         self._admitted = False
@@ -174,7 +180,7 @@ class Session(asyncio.Protocol, Expiring):
             self.desc = refusal
             if not self._relay.broadcast_mode:
                 transport.write(encode(hs4_fail(refusal, "refused")))
-            transport.close()
+            self._close()
             return
         if self._tls_pending:
             # TlsProtocol calls tls_established() when the TLS handshake is done.
@@ -224,6 +230,7 @@ class Session(asyncio.Protocol, Expiring):
                 self._try_splice()
             return
         if self._hs is None or self.outcome is not None:
+            self.discarded += len(data)  # after the close began: read only to be discarded
             return
         self._hs.receive_data(data)
         self._drive_handshake()
@@ -235,7 +242,7 @@ class Session(asyncio.Protocol, Expiring):
                 # Framed: FIN is leaving, the eof command is the half-close (12.2), so
                 # a framed client that dies is offline at once.
                 if self._frames.buffered:
-                    self.dropped += self._frames.discard()  # a frame cut short: never forwarded
+                    self.discarded += self._frames.discard()  # a frame cut short: never forwarded
                 self.close(Outcome.CLIENT_CLOSED, "the client sent FIN")
                 return False
             if self.established:
@@ -706,6 +713,9 @@ class Session(asyncio.Protocol, Expiring):
         self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
 
     def deadline_passed(self) -> None:
+        if self._closing:
+            self._close_expired()
+            return
         if self.outcome is not None:
             return
         if not self.established:
@@ -740,6 +750,13 @@ class Session(asyncio.Protocol, Expiring):
         self._close(abort)
 
     def _close(self, abort: bool = False) -> None:
+        """Leave the router, then close: at once (abort: RST), or gracefully within ``close_timeout``.
+
+        A graceful close writes out what is queued, shuts down our sending side
+        (FIN), and reads and discards what the client still sends until its own
+        FIN: closing a socket with unread input would make the kernel send RST
+        and throw away what the client had not read yet (docs/protocol.md, 5).
+        """
         # Leave the router now, not in connection_lost: a closing session must
         # not be delivered to, or its chid stay taken while its buffer drains.
         self._leave_router()
@@ -749,8 +766,26 @@ class Session(asyncio.Protocol, Expiring):
         if abort:
             self.dropped += transport.get_write_buffer_size()
             transport.abort()
-        else:
+            return
+        if self._closing:
+            return
+        self._closing = True
+        self.established = self._raw_live = False  # from now on data_received discards
+        if self._in_done:  # the client's FIN is in: nothing unread can follow
             transport.close()
+        else:
+            transport.write_eof()
+            transport.resume_reading()  # to see the client's FIN (eof_received closes)
+        # One deadline for the whole close: flushing, and the client's FIN.
+        self._relay.deadlines.add(self, self._loop.time() + self._config.close_timeout)
+
+    def _close_expired(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing() and not transport.get_write_buffer_size():
+            return
+        # The client neither took what was queued nor answered our FIN in time.
+        self.dropped += transport.get_write_buffer_size()
+        transport.abort()
 
     def _leave_router(self) -> None:
         # Pumps first: a final flush into a receiver that is leaving, and a sender
