@@ -17,8 +17,11 @@ import time
 
 import pytest
 
+from forwarding.protocol.frames import control_frame
+
 from .conftest import TIMEOUT, Client, handshake
 from .test_end_of_stream import reset
+from .test_framed import Framed
 
 
 def field(line: str, name: str) -> int:
@@ -171,3 +174,53 @@ def test_a_newline_flood_is_refused_and_others_are_served_meanwhile(start_server
         assert "blank lines included" in line
     finally:
         stop.set()
+
+
+def test_pipelined_online_commands_cannot_make_the_relay_buffer_their_replies(start_server):
+    """Fault 3: a 29-byte command can be answered with 1,000 chids; every command of a
+    read was answered before the self-throttle looked (31 KB of commands: +355 MiB)."""
+    server = start_server(
+        "--max-connections-per-ip", "2000", "--handshake-rate", "100000", "--handshake-burst", "2000",
+        "--slow-receiver-timeout", "60",
+    )  # fmt: skip
+    crowd = [handshake(server, f"c{i:04d}" + "x" * 123, ["nobody"])[0] for i in range(1000)]
+    me = Framed(server, "me")  # broadcast: "online" lists up to 1,000 others
+    before = server.rss_kib()
+    one = control_frame({"id": 1, "cmd": "online"})
+    me.sock.sendall(one * 1000)  # 30 KB of commands, never read: 130 MB of replies if all ran
+    # The relay stops after the reply that crosses its mark: a ping behind them gets no answer
+    # until we read, and the relay's memory stays within a few replies' worth.
+    probe, _ = handshake(server, "probe", [])
+    assert server.rss_kib() - before < 40 * 1024
+    got = 0
+    while got < 1000:  # reading drains them, and every command is answered in order
+        reply = me.control()
+        assert reply["id"] == 1 and len(reply["online"]) == 1000
+        got += 1
+    assert me.command("ping")["pong"] is True
+    assert server.rss_kib() - before < 40 * 1024
+    del crowd, probe
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_a_spliced_sender_that_resets_is_noticed_at_once(start_server, loop):
+    """Fault 5: under uvloop the error event became one reader call, after which the
+    poll handle was closed; the pump stopped at a short read and never saw the reset."""
+    server = start_server("--splice-after", "1", "--loop", loop, "--log-level", "debug")
+    for i in range(20):
+        rx, _ = handshake(server, f"rx{i}", [f"tx{i}"])
+        tx, _ = handshake(server, f"tx{i}", [f"rx{i}"])
+        tx.sock.sendall(b"!")
+        assert rx.recv_exactly(1) == b"!"
+        server.wait_for_log(rf'splicing chid="tx{i}"')
+        stop = threading.Event()
+        stream(tx.sock, stop)
+        assert rx.recv_exactly(1 << 20)  # streaming through the pump
+        got: list[int] = []
+        reader = count_until_eof(rx, got)  # rx keeps reading: the pump is not stalled on it
+        reset(tx)  # with bytes in flight
+        stop.set()
+        assert 'reason="reset"' in server.closed_line(f"tx{i}")
+        reader.join(TIMEOUT)  # and its receiver's input ended
+        assert got and got[0] > 0
+        rx.close()

@@ -22,6 +22,7 @@ from ..protocol.frames import (
     Close,
     CommandError,
     EndOfStream,
+    Frame,
     FrameError,
     FrameParser,
     Online,
@@ -99,6 +100,7 @@ class Session(asyncio.Protocol, Expiring):
         "_inbound",
         "_frames",
         "_subscribed",
+        "_backlog",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -151,6 +153,7 @@ class Session(asyncio.Protocol, Expiring):
         self._inbound: set[Pump] | None = None  # pumps that write into this session
         self._frames: FrameParser | None = None  # framed mode (hs3 "mode": "framed")
         self._subscribed = False  # framed: presence events on
+        self._backlog: list[Frame] | None = None  # framed: frames of one read not yet run (12.3)
 
     @property
     def framed(self) -> bool:
@@ -344,7 +347,7 @@ class Session(asyncio.Protocol, Expiring):
         self._raw_live = False
         if self.established:
             assert self._transport is not None
-            self._transport.write_eof()
+            self._shut_down_output(self._transport)
         # else _establish ends it right after hs4 and the queued bytes
 
     def _finish_later(self) -> None:
@@ -387,6 +390,9 @@ class Session(asyncio.Protocol, Expiring):
     def unthrottle(self, by: Sink) -> None:
         if self._blockers is not None:
             self._blockers.discard(by)
+        if self._backlog is not None and not self._blockers and self.outcome is None:
+            backlog, self._backlog = self._backlog, None
+            self._run_frames(backlog)  # may stop again, over the mark
         if not self._blockers and self.outcome is None and not self._waiting and self.pump is None:
             assert self._transport is not None
             self._transport.resume_reading()
@@ -523,7 +529,7 @@ class Session(asyncio.Protocol, Expiring):
         for chunk in pending or ():
             transport.write(chunk)
         if self._out_done:  # its last sender finished before hs4 was out
-            transport.write_eof()
+            self._shut_down_output(transport)
         self.last_active = self._loop.time()
         self._arm_idle_timer()
         if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
@@ -543,10 +549,15 @@ class Session(asyncio.Protocol, Expiring):
         parser = self._frames
         assert parser is not None
         self.last_active = self._loop.time()
-        replied = False
+        self._run_frames(parser.feed(data))
+
+    def _run_frames(self, frames: list[Frame]) -> None:
+        """Execute frames in order; stop at a reply that leaves us over our mark (12.3)."""
+        parser = self._frames
+        assert parser is not None
         # Every complete frame before a bad header is executed first, however
         # TCP cut the stream (docs/protocol.md, 12.2).
-        for frame in parser.feed(data):
+        for i, frame in enumerate(frames):
             if self.outcome is not None:
                 return
             if frame.kind == DATA:
@@ -557,16 +568,19 @@ class Session(asyncio.Protocol, Expiring):
                 dropped = self._router.route(self, self.recvers, frame.payload)
                 if dropped:
                     self.dropped += dropped
-            else:
-                self._command(frame.payload)
-                replied = True
+                continue
+            self._command(frame.payload)
+            if self._write_paused and self.outcome is None:
+                # Our own replies are piling up unread (a 29-byte command may be
+                # answered with 1 MB): stop here, not at the end of the read, and
+                # go on with the rest once they drain, as for any receiver over
+                # its mark. At most one reply beyond the mark is queued.
+                if i + 1 < len(frames):
+                    self._backlog = frames[i + 1 :]
+                self.throttle(self)
+                return
         if parser.error is not None:
             self._frame_error(parser.error)
-            return
-        if replied and self._write_paused and self.outcome is None:
-            # Our own replies are piling up unread: stop reading commands until
-            # they drain, as for any receiver over its mark.
-            self.throttle(self)
 
     def _command(self, payload: bytes | memoryview) -> None:
         try:
@@ -773,11 +787,22 @@ class Session(asyncio.Protocol, Expiring):
         self.established = self._raw_live = False  # from now on data_received discards
         if self._in_done:  # the client's FIN is in: nothing unread can follow
             transport.close()
-        else:
-            transport.write_eof()
+        elif self._shut_down_output(transport):
             transport.resume_reading()  # to see the client's FIN (eof_received closes)
         # One deadline for the whole close: flushing, and the client's FIN.
         self._relay.deadlines.add(self, self._loop.time() + self._config.close_timeout)
+
+    def _shut_down_output(self, transport: asyncio.Transport) -> bool:
+        """FIN after what is queued; False if the connection had already failed (then it is aborted)."""
+        try:
+            transport.write_eof()
+            return True
+        except OSError as exc:  # ENOTCONN: reset by the peer, not yet reported by a read
+            if self.outcome is None:
+                self.outcome, self.desc = Outcome.RESET, str(exc) or type(exc).__name__
+            self.dropped += transport.get_write_buffer_size()
+            transport.abort()
+            return False
 
     def _close_expired(self) -> None:
         transport = self._transport

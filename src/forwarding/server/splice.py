@@ -166,6 +166,12 @@ class Pump:
     def _readable(self) -> None:
         # Several rounds per wake-up while the sender keeps the socket full: each
         # round is two system calls, a wake-up costs a trip through the loop.
+        # Reading goes on until EAGAIN, the end, a stall or the round limit: not
+        # "until a short read", because uvloop turns an error event (a reset)
+        # into one call of this reader and then stops its poll handle, so the
+        # read that would have seen the reset must happen now.
+        if self._closed or self._stalled or self._source_done:
+            return
         for _ in range(_ROUNDS):
             want = self.pipe_size - self._queued
             try:
@@ -184,10 +190,11 @@ class Pump:
             receiver.bytes_out += n
             sender.last_active = receiver.last_active = self._loop.time()
             self._flush()
-            # A short read means the socket is drained: another round would only
-            # cost a system call and an exception (this matters for latency).
-            if n < want or self._queued or self._closed:
+            if self._queued or self._closed:  # stalled (the writer side goes on), or stopped
                 return
+        # Rounds used up and the sender still streaming: go on after the other
+        # callbacks, without relying on the poll to fire again (see above).
+        self._loop.call_soon(self._readable)
 
     def _writable(self) -> None:
         self._flush()
