@@ -224,3 +224,18 @@ def test_a_spliced_sender_that_resets_is_noticed_at_once(start_server, loop):
         reader.join(TIMEOUT)  # and its receiver's input ended
         assert got and got[0] > 0
         rx.close()
+
+
+def test_a_chain_of_300_hangups_unwinds_without_recursion(server):
+    """Fault 6: each hangup close released the next session inside the previous
+    release; 200+ deep, RecursionError left the rest online and the counts leaked."""
+    chain = [handshake(server, f"h{i}", [f"h{i + 1}"], hangup=True)[0] for i in range(300)]
+    last, _ = handshake(server, "h300", ["h0"])
+    reset(last)
+    for c in chain:
+        c.assert_closed()
+    for i in (299, 150, 0):
+        assert 'reason="peer_left"' in server.closed_line(f"h{i}")
+    server.wait_for_count(r'session closed chid="h\d+".*reason="peer_left"', 300)
+    again = [handshake(server, f"h{i}", [])[0] for i in range(300)]  # every chid is free again
+    assert len(again) == 300

@@ -323,3 +323,19 @@ def test_framed_sessions_over_tls(start_server, pki):
                 assert [await rx.recv() for _ in payloads] == [("tls-tx", p) for p in payloads]
 
     asyncio.run(asyncio.wait_for(main(), TIMEOUT))
+
+
+def test_a_reload_that_fails_changes_nothing(start_server, pki, tmp_path):
+    """A missing certificate used to be reported as a failed reload after the new limits were live."""
+    config = tmp_path / "relay.toml"
+    tls = f'tls-cert = "{pki["server"].cert}"\ntls-key = "{pki["server"].key}"\n'
+    config.write_text("idle-timeout = 100\n" + tls)
+    server = start_server("--config", str(config))
+    config.write_text(f'idle-timeout = 200\ntls-cert = "{tmp_path / "gone.pem"}"\ntls-key = "{pki["server"].key}"\n')
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_log(r"reload failed")
+    c = tls_client(server, pki)
+    c.send_json({"req": "hs1"})
+    c.read_line()
+    c.send_json({"req": "hs3"})
+    assert c.read_line()["timeout"] == 100  # the old limits, and the old certificate

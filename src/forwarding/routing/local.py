@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import itertools
 from collections.abc import Callable, Iterable
 
@@ -29,6 +30,10 @@ class LocalRouter:
         self._finished: set[Sink] = set()  # online, but done sending
         self._framed: set[Sink] = set()  # told of every broadcaster's end of stream
         self._offline_watch: dict[str, list[Callable[[], None]]] = {}
+        # Releases that a release set off (hangup partners closing), done one after
+        # another by the outermost call instead of nested: a chain of hangups is a
+        # loop, not a recursion as deep as the chain.
+        self._releasing: collections.deque[Sink] | None = None
 
     def __len__(self) -> int:
         return len(self._sinks)
@@ -47,6 +52,17 @@ class LocalRouter:
         return True
 
     def release(self, sink: Sink) -> None:
+        if self._releasing is not None:  # inside another release: it takes this one next
+            self._releasing.append(sink)
+            return
+        self._releasing = collections.deque((sink,))
+        try:
+            while self._releasing:
+                self._release(self._releasing.popleft())
+        finally:
+            self._releasing = None
+
+    def _release(self, sink: Sink) -> None:
         if self._sinks.get(sink.chid) is not sink:
             return
         self.finish(sink)  # its receivers hear of its end of stream before it goes offline

@@ -157,12 +157,16 @@ class Relay:
         old = self.config
         changed = [f.name for f in dataclasses.fields(ServerConfig) if getattr(old, f.name) != getattr(new, f.name)]
         restart = [name for name in changed if name in RESTART_ONLY]
-        self.config = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
-        self.admission.limits = new.admission
+        config = dataclasses.replace(new, **{name: getattr(old, name) for name in RESTART_ONLY})
+        # Everything that can fail (a missing certificate, a bad key) is built
+        # before anything is applied: a reload is all or nothing.
+        sealer, ssl_context = self.sealer, self.ssl_context
         if "secret" in changed:
-            self.sealer = Sealer.from_secret(new.secret) if new.secret else None
+            sealer = Sealer.from_secret(new.secret) if new.secret else None
         if {"tls_cert", "tls_key", "tls_client_ca"} & set(changed):
-            self.ssl_context = tls_context(self.config)
+            ssl_context = tls_context(config)
+        self.config, self.sealer, self.ssl_context = config, sealer, ssl_context
+        self.admission.limits = new.admission
         live = [name for name in changed if name not in RESTART_ONLY]  # names only: never a secret's value
         fields = {"changed": ",".join(live) or "-", "needs_restart": ",".join(restart) or "-"}
         log.info("reloaded", extra={"fields": fields})
