@@ -113,6 +113,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"disconnect a client that stays above the high mark this long (default {d.slow_receiver_timeout:g})",
     )
     p.add_argument(
+        "--frame-timeout",
+        type=_positive,
+        default=d.frame_timeout,
+        metavar="SECONDS",
+        help=f"close a framed session that leaves a frame incomplete this long (default {d.frame_timeout:g})",
+    )
+    p.add_argument(
         "--close-timeout",
         type=_positive,
         default=d.close_timeout,
@@ -249,6 +256,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         slow_receiver_timeout=args.slow_receiver_timeout,
         half_close_timeout=args.half_close_timeout,
         close_timeout=args.close_timeout,
+        frame_timeout=args.frame_timeout,
         shutdown_grace=args.shutdown_grace,
         splice=args.splice,
         splice_after=args.splice_after,

@@ -43,6 +43,11 @@ class ServerConfig:
     """Bytes queued for one client below which its senders are read again."""
     slow_receiver_timeout: float = 30.0
     """Seconds a client may stay above ``write_buffer_high`` before it is disconnected."""
+    frame_timeout: float = 30.0
+    """Seconds a framed session may take to complete a frame it has begun; then it is closed.
+
+    An incomplete frame holds up to ``max_frame`` bytes: it must not do so for
+    the whole idle timeout."""
     close_timeout: float = 10.0
     """Seconds a closing session may take to flush what is queued for it and answer the relay's FIN.
 

@@ -27,8 +27,8 @@ class ServerProcess:
     blocks, and the test would measure the pipe, not the relay.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
-        cmd = [sys.executable, "-m", "forwarding", "serve", "--port", "0", *args]
+    def __init__(self, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> None:
+        cmd = [*prefix, sys.executable, "-m", "forwarding", "serve", "--port", "0", *args]
         if "--host" not in args:
             cmd += ["--host", "127.0.0.1"]
         full_env = {**os.environ, **(env or {})}
@@ -103,8 +103,8 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
     """Start servers with the given flags; on teardown each must exit 0 without a traceback."""
     servers: list[ServerProcess] = []
 
-    def start(*args: str, env: dict[str, str] | None = None) -> ServerProcess:
-        server = ServerProcess(*args, env=env)
+    def start(*args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> ServerProcess:
+        server = ServerProcess(*args, env=env, prefix=prefix)
         servers.append(server)
         return server
 

@@ -283,7 +283,7 @@ def test_handshake_rate_per_source_and_others_keep_working_during_a_flood(start_
     # ... and the log holds at most 10 refusal lines a second, the rest summed up.
     assert server.stop() == 0
     lines = [line for line in server.lines if 'reason="refused"' in line]
-    counts = [re.search(r"refusals not logged count=(\d+)", line) for line in server.lines]
+    counts = [re.search(r"handshake closes not logged count=(\d+)", line) for line in server.lines]
     unlogged = sum(int(m.group(1)) for m in counts if m)
     assert len(lines) + unlogged >= refused[0]
     assert len(lines) <= 10 * 6, f"{len(lines)} refusal lines"  # the flood lasts a few seconds at most

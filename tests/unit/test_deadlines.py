@@ -125,3 +125,25 @@ def test_a_callback_may_discard_or_rearm_others_in_the_bucket_being_fired():
     assert acted["discarded"] not in names
     assert len(names) == len(set(names)) == 3
     assert names[-1] == acted["rearmed"] and fired[-1][1] >= acted["due"]  # type: ignore[operator]
+
+
+def test_an_emptied_far_bucket_gives_back_its_timer_a_near_one_is_kept():
+    fired: list[tuple[str, float]] = []
+
+    async def main(loop: asyncio.AbstractEventLoop, d: Deadlines) -> None:
+        now = loop.time()
+        items = [Item(f"far{i}", fired) for i in range(1000)]
+        for i, item in enumerate(items):  # a different timeout each: a bucket each
+            d.add(item, now + 60 + i)
+        assert d.buckets == 1000
+        for item in items:
+            d.discard(item)
+        assert d.buckets == 0  # nothing left behind by sessions that closed
+        near = Item("near", fired)
+        d.add(near, now + 0.02)
+        d.discard(near)
+        assert d.buckets == 1  # kept: the next connection in this tick shares it
+        await asyncio.sleep(0.05)
+        assert d.buckets == 0 and fired == []
+
+    run(main)

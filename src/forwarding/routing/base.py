@@ -162,8 +162,12 @@ class Router(Protocol):
         """Up to ``limit`` online chids (for a broadcast session's ``online`` command)."""
         ...
 
-    def watch(self, callback: OnlineCallback) -> None:
-        """Call ``callback(chid)`` whenever a chid comes online, until :meth:`unwatch`."""
+    def watch(self, chids: tuple[str, ...], callback: OnlineCallback) -> None:
+        """Call ``callback(chid)`` whenever one of ``chids`` comes online, until :meth:`unwatch`.
+
+        Only the watchers of the chid that comes online are called: a claim costs
+        the same with one session waiting or thousands.
+        """
         ...
 
-    def unwatch(self, callback: OnlineCallback) -> None: ...
+    def unwatch(self, chids: tuple[str, ...], callback: OnlineCallback) -> None: ...

@@ -18,7 +18,7 @@ class LocalRouter:
 
     def __init__(self) -> None:
         self._sinks: dict[str, Sink] = {}
-        self._watchers: list[OnlineCallback] = []
+        self._watchers: dict[str, list[OnlineCallback]] = {}  # chid -> callbacks waiting for it
         self._hangups: dict[str, set[Sink]] = {}  # chid -> sinks to hang up when it leaves
         self._hangup_chids: dict[Sink, tuple[str, ...]] = {}
         self._presence: dict[str, set[Sink]] = {}  # chid -> sinks subscribed to it
@@ -46,8 +46,10 @@ class LocalRouter:
         self._count_fan_in(sink.recvers, 1)
         if sink.framed:
             self._framed.add(sink)
-        for callback in list(self._watchers):
-            callback(chid)
+        watchers = self._watchers.get(chid)
+        if watchers:
+            for callback in list(watchers):
+                callback(chid)
         self._announce(sink, True)
         return True
 
@@ -210,9 +212,14 @@ class LocalRouter:
                 sender.throttle(sink)
         return dropped
 
-    def watch(self, callback: OnlineCallback) -> None:
-        self._watchers.append(callback)
+    def watch(self, chids: tuple[str, ...], callback: OnlineCallback) -> None:
+        for chid in chids:
+            self._watchers.setdefault(chid, []).append(callback)
 
-    def unwatch(self, callback: OnlineCallback) -> None:
-        if callback in self._watchers:
-            self._watchers.remove(callback)
+    def unwatch(self, chids: tuple[str, ...], callback: OnlineCallback) -> None:
+        for chid in chids:
+            callbacks = self._watchers.get(chid)
+            if callbacks and callback in callbacks:
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._watchers[chid]

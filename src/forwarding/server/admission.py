@@ -33,7 +33,12 @@ class _Bucket:
 
 
 PRUNE_AT = 10_000
-"""Tracked addresses above which idle, refilled entries are forgotten: bounds memory under a flood."""
+"""Tracked addresses above which idle, refilled entries are forgotten: bounds memory under a flood.
+
+A prune walks the whole table, so the next one waits until the table has
+doubled: its cost is spread over as many new addresses as it walked (amortised
+O(1) per connection), and the table stays within twice the addresses that hold
+connections or tokens, or twice ``PRUNE_AT``."""
 
 
 class Admission:
@@ -41,6 +46,8 @@ class Admission:
         self.limits = limits
         self.open = 0
         self._by_ip: dict[str, _Bucket] = {}
+        self._prune_at = PRUNE_AT
+        self.prunes = 0
 
     def admit(self, ip: str, now: float) -> str | None:
         """Count a new connection from ``ip``; return why it is refused, or ``None`` to admit it.
@@ -53,8 +60,9 @@ class Admission:
             return f"server is at its limit of {lim.max_connections} connections"
         bucket = self._by_ip.get(ip)
         if bucket is None:
-            if len(self._by_ip) >= PRUNE_AT:
+            if len(self._by_ip) >= self._prune_at:
                 self._prune(now)
+                self._prune_at = max(PRUNE_AT, 2 * len(self._by_ip))
             bucket = self._by_ip[ip] = _Bucket(float(lim.handshake_burst), now)
         else:
             bucket.tokens = min(float(lim.handshake_burst), bucket.tokens + (now - bucket.stamp) * lim.handshake_rate)
@@ -79,6 +87,7 @@ class Admission:
         return len(self._by_ip)
 
     def _prune(self, now: float) -> None:
+        self.prunes += 1
         lim = self.limits
         full = float(lim.handshake_burst)
         for ip, b in list(self._by_ip.items()):

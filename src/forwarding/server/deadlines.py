@@ -42,16 +42,23 @@ _FIRING = -(1 << 62)
 """The slot of an item whose bucket has come due and whose call is still to come."""
 
 
+KEEP_EMPTY = 1.0
+"""Seconds ahead within which an emptied bucket keeps its timer; farther ones are dropped at once."""
+
+
 class Deadlines:
-    __slots__ = ("_loop", "_tick", "_heads")
+    __slots__ = ("_loop", "_tick", "_heads", "_timers")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, tick: float = 0.1) -> None:
         self._loop = loop
         self._tick = tick
-        # slot -> first item of its list. An emptied bucket stays as None until
-        # its timer fires, so connections that open and close within one tick
-        # share that timer instead of scheduling one each.
+        # slot -> first item of its list. An emptied bucket that comes due
+        # within KEEP_EMPTY stays as None until its timer fires, so connections
+        # that open and close within one tick share that timer; a farther one is
+        # dropped with its timer, or every distinct timeout a client asks for
+        # would leave a bucket behind until it came due (up to a day later).
         self._heads: dict[int, Expiring | None] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
 
     def add(self, item: Expiring, when: float) -> None:
         """Call ``item.deadline_passed()`` at ``when`` or up to one tick later, replacing its pending deadline."""
@@ -64,7 +71,7 @@ class Deadlines:
             if head is not None:
                 head._deadline_prev = item
         else:
-            self._loop.call_at(slot * self._tick, self._fire, slot)
+            self._timers[slot] = self._loop.call_at(slot * self._tick, self._fire, slot)
             head = None
         item._deadline_next = head
         item._deadline_prev = None
@@ -84,9 +91,17 @@ class Deadlines:
             nxt._deadline_prev = prev
         if prev is not None:
             prev._deadline_next = nxt
-        else:
+        elif nxt is not None or slot * self._tick <= self._loop.time() + KEEP_EMPTY:
             self._heads[slot] = nxt
+        else:  # emptied, and not due soon
+            del self._heads[slot]
+            self._timers.pop(slot).cancel()
         item._deadline_slot = item._deadline_prev = item._deadline_next = None
+
+    @property
+    def buckets(self) -> int:
+        """Buckets with a timer, empty ones included (for tests and metrics)."""
+        return len(self._timers)
 
     def __len__(self) -> int:
         """Pending deadlines (walks every bucket: for tests and the curious)."""
@@ -101,6 +116,7 @@ class Deadlines:
         # Unlink the whole bucket first: a callback may close, discard or re-arm
         # any other item in it, and that must be honoured.
         due = []
+        self._timers.pop(slot, None)
         item = self._heads.pop(slot, None)
         while item is not None:
             nxt = item._deadline_next

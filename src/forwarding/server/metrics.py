@@ -24,6 +24,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("forwarding.metrics")
 MAX_REQUEST = 8192
+MAX_CONNECTIONS = 32
+"""Metrics connections open at once; more get 503 and are closed (they share the relay's descriptors)."""
+REQUEST_TIMEOUT = 10.0
+"""Seconds a metrics connection has to send its request; then it is closed."""
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
 
 
@@ -81,7 +85,8 @@ class RelayCollector(Collector):
 async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(relay))
-    server = await relay.loop.create_server(lambda: MetricsProtocol(registry), host, port)
+    open_now: set[MetricsProtocol] = set()
+    server = await relay.loop.create_server(lambda: MetricsProtocol(registry, open_now), host, port)
     bound = server.sockets[0].getsockname()
     address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
     log.info("metrics", extra={"fields": {"address": address}})
@@ -91,16 +96,30 @@ async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
 class MetricsProtocol(asyncio.Protocol):
     """``GET /metrics`` -> the exposition text; anything else -> 404; then close."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, open_now: set[MetricsProtocol]) -> None:
         self._registry = registry
+        self._open = open_now
         self._buf = b""
         self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        if len(self._open) >= MAX_CONNECTIONS:
+            self._respond(b"503 Service Unavailable", b"text/plain", b"too many metrics connections\n")
+            return
+        self._open.add(self)
+        self._timer = asyncio.get_running_loop().call_later(REQUEST_TIMEOUT, self._transport.abort)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._open.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
 
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
+        if self._transport.is_closing():
+            return
         self._buf += data
         if b"\r\n\r\n" not in self._buf and b"\n\n" not in self._buf:
             if len(self._buf) > MAX_REQUEST:

@@ -35,7 +35,7 @@ from ..protocol.frames import (
     eof_event,
     parse_command,
     parse_control,
-    presence_event,
+    presence_frame,
     reply_error,
     reply_ok,
 )
@@ -101,6 +101,7 @@ class Session(asyncio.Protocol, Expiring):
         "_frames",
         "_subscribed",
         "_backlog",
+        "_partial_since",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -154,6 +155,7 @@ class Session(asyncio.Protocol, Expiring):
         self._frames: FrameParser | None = None  # framed mode (hs3 "mode": "framed")
         self._subscribed = False  # framed: presence events on
         self._backlog: list[Frame] | None = None  # framed: frames of one read not yet run (12.3)
+        self._partial_since: float | None = None  # framed: when the incomplete frame held began
 
     @property
     def framed(self) -> bool:
@@ -363,7 +365,7 @@ class Session(asyncio.Protocol, Expiring):
 
     def presence(self, chid: str, online: bool) -> None:
         if self.outcome is None and self.established:
-            self._send_control(presence_event(chid, online))
+            self._write((presence_frame(chid, online),))
 
     def throttle(self, by: Sink) -> None:
         if self._blockers is None:
@@ -469,7 +471,7 @@ class Session(asyncio.Protocol, Expiring):
             self._waiting = True
             assert self._transport is not None
             self._transport.pause_reading()
-            self._router.watch(self._on_peer_online)
+            self._router.watch(self.recvers, self._on_peer_online)
             return
         self._finish_handshake()
 
@@ -490,7 +492,7 @@ class Session(asyncio.Protocol, Expiring):
         trailing = hs.establish(online)
         if self._waiting:
             self._waiting = False
-            self._router.unwatch(self._on_peer_online)
+            self._router.unwatch(self.recvers or (), self._on_peer_online)
             if not self._blockers:
                 self._transport.resume_reading()
         self._establish(hs.data_to_send())
@@ -548,8 +550,16 @@ class Session(asyncio.Protocol, Expiring):
     def _frames_received(self, data: bytes) -> None:
         parser = self._frames
         assert parser is not None
-        self.last_active = self._loop.time()
+        now = self.last_active = self._loop.time()
         self._run_frames(parser.feed(data))
+        if not parser.buffered:
+            self._partial_since = None
+        elif self._partial_since is None and self.outcome is None:
+            # The incomplete frame has a deadline of its own (deadline_passed checks it).
+            self._partial_since = now
+            due = now + self._config.frame_timeout
+            if due < self.last_active + self.idle_timeout:
+                self._relay.deadlines.add(self, due)
 
     def _run_frames(self, frames: list[Frame]) -> None:
         """Execute frames in order; stop at a reply that leaves us over our mark (12.3)."""
@@ -724,7 +734,10 @@ class Session(asyncio.Protocol, Expiring):
 
     def _arm_idle_timer(self) -> None:
         # Replaces the handshake's deadline if that is still pending.
-        self._relay.deadlines.add(self, self.last_active + self.idle_timeout)
+        due = self.last_active + self.idle_timeout
+        if self._partial_since is not None:
+            due = min(due, self._partial_since + self._config.frame_timeout)
+        self._relay.deadlines.add(self, due)
 
     def deadline_passed(self) -> None:
         if self._closing:
@@ -735,8 +748,14 @@ class Session(asyncio.Protocol, Expiring):
         if not self.established:
             self._handshake_expired()
             return
+        now = self._loop.time()
+        partial = self._partial_since
+        if partial is not None and now - partial >= self._config.frame_timeout:
+            limit = self._config.frame_timeout
+            self._frame_error(FrameError(f"a frame left incomplete for {limit:g} s", "frame_timeout"))
+            return
         # Activity only stamps last_active; the deadline is re-armed for the time left.
-        if self._loop.time() - self.last_active >= self.idle_timeout:
+        if now - self.last_active >= self.idle_timeout:
             self.close(Outcome.IDLE_TIMEOUT, f"no data in either direction for {self.idle_timeout:g} s")
         else:
             self._arm_idle_timer()
@@ -825,7 +844,7 @@ class Session(asyncio.Protocol, Expiring):
             self._router.release(self)
         if self._waiting:
             self._waiting = False
-            self._router.unwatch(self._on_peer_online)
+            self._router.unwatch(self.recvers or (), self._on_peer_online)
         if self._awaiting_chid:
             self._awaiting_chid = False
             self._router.cancel_when_offline(self.chid, self._chid_freed)
