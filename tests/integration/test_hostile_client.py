@@ -299,3 +299,16 @@ def test_a_connect_and_close_flood_is_logged_at_a_bounded_rate(server):
     abandoned = [line for line in server.lines if 'reason="handshake_abandoned"' in line]
     unlogged = sum(int(m.group(1)) for m in (re.search(r"not logged count=(\d+)", x) for x in server.lines) if m)
     assert len(abandoned) + unlogged == 300 and unlogged > 0
+
+
+def test_a_waiting_handshake_whose_client_leaves_is_closed_and_frees_its_chid(start_server):
+    """A waiting session was not read, so its client's FIN went unseen until the handshake
+    timeout; then it was "opened" for nobody."""
+    server = start_server("--handshake-timeout", "60")
+    c = Client(server.address)
+    c.send_json({"req": "hs1", "chid": "patient"})
+    c.send_json({"req": "hs3", "recvers": ["godot"], "wait": True})
+    assert c.read_line()["rsp"] == "hs2"
+    c.close()
+    assert 'reason="handshake_abandoned"' in server.closed_line("patient")
+    again, _ = handshake(server, "patient", [])  # free at once, not after 60 s

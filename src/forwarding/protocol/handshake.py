@@ -164,6 +164,11 @@ class ServerHandshake:
         self.framed = request.framed
         return Hs3Received(request.recvers, self.idle_timeout, request.wait, request.hangup, request.framed)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet handed out (after hs3: the first data)."""
+        return len(self._lines)
+
     def handle_timeout(self, now: float) -> Failed | None:
         """Fail the handshake if its deadline has passed."""
         if self.deadline is None or now < self.deadline:

@@ -328,7 +328,7 @@ def fit_to_descriptors(config: ServerConfig, max_files: int) -> ServerConfig:
     if config.admission.max_connections <= room:
         return config
     fields = {"asked": config.admission.max_connections, "max_connections": room, "max_files": max_files}
-    log.warning("max_connections lowered to fit the open-file limit", extra={"fields": fields})
+    log.info("max_connections lowered to fit the open-file limit", extra={"fields": fields})
     admission = dataclasses.replace(config.admission, max_connections=room)
     return dataclasses.replace(config, admission=admission)
 

@@ -239,6 +239,9 @@ class Session(asyncio.Protocol, Expiring):
             return
         self._hs.receive_data(data)
         self._drive_handshake()
+        if self._waiting and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
+            assert self._transport is not None
+            self._transport.pause_reading()  # resumed at hs4 (_finish_handshake)
 
     def eof_received(self) -> bool:
         """The client sent FIN: it has finished sending, not receiving (docs/protocol.md, 5.1)."""
@@ -468,9 +471,11 @@ class Session(asyncio.Protocol, Expiring):
         if event.hangup and self.recvers:
             self._router.hang_up_with(self, self.recvers)
         if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
+            # Reading goes on while we wait, so that a client that gives up is
+            # seen (its FIN closes the session and frees its chid); what it
+            # sends meanwhile is data, held up to one line's worth, then TCP
+            # pushes back.
             self._waiting = True
-            assert self._transport is not None
-            self._transport.pause_reading()
             self._router.watch(self.recvers, self._on_peer_online)
             return
         self._finish_handshake()
