@@ -155,7 +155,8 @@ async def churn(server: ServerProcess, seconds: float) -> int:
 
 def test_a_minute_of_churn_loses_nothing_and_leaves_nothing_behind(start_server):
     server = start_server(
-        "--splice-after", "65536", "--half-close-timeout", "5", "--handshake-rate", "100000", "--handshake-burst", "100000"
+        "--splice-after", "65536", "--half-close-timeout", "5",
+        "--handshake-rate", "100000", "--handshake-burst", "100000",
     )  # fmt: skip
     pid = server.proc.pid
     asyncio.run(churn(server, min(5.0, SECONDS / 6)))  # warm up: the allocator's pools, imports
