@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fanout, features, handshakes, idle, latency, pairs, throughput
+from . import fanout, features, handshakes, hostile, idle, latency, pairs, throughput
 from .common import Table, fmt, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,6 +40,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             "features": lambda: features.run(
                 runs=1, size=4 << 20, rounds=50, hs_seconds=0.3, idle_sessions=50, idle_runs=1
             ),
+            "hostile": lambda: hostile.run(rounds=50, warmup=5, runs=1),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -49,6 +50,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "handshakes": lambda: handshakes.run(sec),
         "pairs": lambda: pairs.run(sec, runs=5),
         "features": lambda: features.run(),
+        "hostile": lambda: hostile.run(),
     }
 
 
@@ -144,6 +146,10 @@ def targets(tables: dict[str, Table]) -> Table | None:
         worst = max(ft.data.items(), key=lambda kv: kv[1]["cost"] or 0.0)
         cost = worst[1]["cost"] or 0.0
         check(f"feature cost, worst measure of scenario 8 ({worst[0]})", "<= 10%", cost * 100, cost <= 0.10, 1)
+    ho = tables.get("hostile")
+    if ho:
+        ratio = ho.data["with the neighbours"]["p99_vs_quiet"] or 0.0
+        check("latency p99 with hostile neighbours / quiet relay", "<= 2.0", ratio, ratio <= 2.0)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
