@@ -295,13 +295,27 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     add_client_flags(p, "the chid clients reach this bridge at")
     p.add_argument("--target", required=True, metavar="HOST:PORT", help="the local service, e.g. 127.0.0.1:22")
-    p = sub.add_parser("send", help="send a file to a receiver, checked by size and SHA-256")
-    add_client_flags(p, "this sender's chid (default: generated)")
+    p = sub.add_parser(
+        "send",
+        help="send a file to a receiver; exits 0 only once the receiver has confirmed it",
+        description="Send one file to --to, waiting until it is online. The receiver checks the size and "
+        "SHA-256 and confirms back; send exits 0 only then, and otherwise says what happened and exits 1.",
+    )
+    add_client_flags(p, "this sender's chid (default: generated)", wait=False, hangup=False)
     p.add_argument("file", help="the file to send")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p = sub.add_parser("recv", help="receive one file sent with forwarding send")
-    add_client_flags(p, "the chid the sender sends to", to=False)
-    p.add_argument("-o", "--output", help="where to write it (default: the sender's file name; - for stdout)")
+    p = sub.add_parser(
+        "recv",
+        help="receive one file sent with forwarding send, and confirm it to the sender",
+        description="Wait as --chid for one file from forwarding send, check its size and SHA-256, move it "
+        "into place and confirm to the sender. Never overwrites a file unless told to.",
+    )
+    add_client_flags(p, "the chid the sender sends to", to=False, wait=False, wait_timeout=False, hangup=False)
+    p.add_argument("-o", "--output", help="where to write it (default: the sender's file name, as a plain name "
+                   "in this directory; - for standard output)")  # fmt: skip
+    p.add_argument("--from", dest="sender", metavar="CHID", help="accept the file only from this sender")
+    p.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
+    p.add_argument("--keep-partial", action="store_true", help="keep NAME.part when a transfer fails")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = sub.add_parser(
         "chat",
@@ -367,10 +381,15 @@ def _run_tool(args: argparse.Namespace) -> int:
     }
     try:
         return runners[args.command](args)
-    except (Error, OSError, ValueError) as exc:
+    except (Error, ValueError) as exc:
         print(f"forwarding {args.command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a file or socket the tool was given: say which
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"forwarding {args.command}: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
+        print(f"forwarding {args.command}: interrupted", file=sys.stderr)
         return 130
 
 

@@ -17,6 +17,9 @@ def parse_address(text: str, default_port: int = DEFAULT_PORT) -> tuple[str, int
     if not host:
         raise ValueError(f"no host in {text!r}")
     try:
-        return host, int(port) if port else default_port
+        number = int(port) if port else default_port
     except ValueError:
         raise ValueError(f"bad port in {text!r}") from None
+    if not 0 < number < 65536:
+        raise ValueError(f"port {number} in {text!r} is out of range (1-65535)")
+    return host, number

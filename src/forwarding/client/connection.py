@@ -95,7 +95,7 @@ class _Connector(Generic[C]):
         tls: ssl.SSLContext | bool | None = None,
         wait: bool = False,
         timeout: float | None = None,
-        open_timeout: float | None = 10.0,
+        open_timeout: float | None = 30.0,
         hangup: bool = False,
     ) -> None:
         self._address = parse_address(address) if isinstance(address, str) else address

@@ -49,8 +49,8 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
-class _Ended:
-    """In the data queue: the sender's eof event, in its place after its last message."""
+class Ended:
+    """Sender ``chid`` has ended its stream (its eof event), in its place after its last message."""
 
     chid: str
 
@@ -72,7 +72,7 @@ class FramedChannel:
         self.ended: set[str] = set()
         """Senders whose end of stream (eof event) :meth:`recv` has passed: they sent
         nothing after the last message it returned from them."""
-        self._data: asyncio.Queue[tuple[str, bytes] | _Ended | None] = asyncio.Queue(DATA_QUEUE)
+        self._data: asyncio.Queue[tuple[str, bytes] | Ended | None] = asyncio.Queue(DATA_QUEUE)
         self._events: asyncio.Queue[Presence | None] = asyncio.Queue()
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
@@ -93,10 +93,17 @@ class FramedChannel:
 
     async def recv(self) -> tuple[str, bytes] | None:
         """The next ``(sender chid, payload)``; ``None`` once the session has ended."""
-        while isinstance(item := await self._data.get(), _Ended):
-            self.ended.add(item.chid)
+        while isinstance(item := await self.receive(), Ended):
+            pass
+        return item
+
+    async def receive(self) -> tuple[str, bytes] | Ended | None:
+        """Like :meth:`recv`, and an :class:`Ended` where a sender's stream ended."""
+        item = await self._data.get()
         if item is None:
             self._data.put_nowait(None)  # for the next caller too
+        elif isinstance(item, Ended):
+            self.ended.add(item.chid)
         else:
             self.ended.discard(item[0])  # a sender with that chid again
         return item
@@ -185,7 +192,7 @@ class FramedChannel:
                     else:
                         msg = parse_control(frame.payload)
                         if msg.get("event") == "eof" and isinstance(msg.get("chid"), str):
-                            await self._data.put(_Ended(msg["chid"]))
+                            await self._data.put(Ended(msg["chid"]))
                         else:
                             self._control(msg)
                 if self._parser.error is not None:

@@ -80,7 +80,7 @@ def connect(
     tls: ssl.SSLContext | bool | None = None,
     wait: bool = False,
     timeout: float | None = None,
-    open_timeout: float | None = 10.0,
+    open_timeout: float | None = 30.0,
     hangup: bool = False,
 ) -> SyncChannel:
     """Blocking twin of :func:`forwarding.connect`, with the same arguments."""
