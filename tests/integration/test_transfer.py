@@ -163,3 +163,24 @@ def test_sending_a_directory_or_a_missing_file_says_what_to_do(server, tmp_path)
     assert code == 1 and "is a directory; send one file" in err
     code, err = finish(send(server, tmp_path / "missing.bin"))
     assert code == 1 and f"forwarding send: No such file or directory ({tmp_path / 'missing.bin'})" in err
+
+
+def test_the_documented_transfer_vector(server, tmp_path):
+    """docs/protocol.md 10.2: a raw client that speaks the vector gets the documented answer."""
+    import json
+    import re
+    from pathlib import Path
+
+    from forwarding import sync
+
+    doc = (Path(__file__).parents[2] / "docs" / "protocol.md").read_text()
+    v = json.loads(re.search(r"<!-- vectors:transfer-v2 -->\s*```json\n(.*?)```", doc, re.S).group(1))
+    r = recv(server, tmp_path)
+    with sync.connect(server.address, recvers=["bob"], wait=True, hangup=True) as sender:
+        sender.send(bytes.fromhex(v["stream_hex"]))
+        answer = b""
+        while not answer.endswith(b"\n"):
+            answer += sender.recv()
+    assert answer == v["answer"].encode() + b"\n"
+    assert finish(r)[0] == 0
+    assert (tmp_path / v["name"]).read_text() == v["content"]
