@@ -56,7 +56,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p = sub.add_parser("serve", help="run the relay", description="Run the relay server.")
     p.add_argument("--config", metavar="FILE", help="TOML file of settings named like these flags")
     p.add_argument("--host", action="append", help="address to listen on; repeat for several (default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=d.port, help=f"TCP port, 0 for any free one (default {d.port})")
+    p.add_argument("--port", type=_port, default=d.port, help=f"TCP port, 0 for any free one (default {d.port})")
     p.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
@@ -214,8 +214,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         choices=["auto", "uvloop", "asyncio"],
         help="event loop: uvloop when installed (auto), or force one",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    p.add_argument("--log-format", default="text", choices=logs.FORMATS)
+    p.add_argument(
+        "--log-level", default="info", choices=["debug", "info", "warning", "error"], help="least severe line logged"
+    )
+    p.add_argument(
+        "--log-format", default="text", choices=logs.FORMATS, help="text: key=value lines; json: one object a line"
+    )
     return p
 
 
@@ -272,7 +276,12 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser.add_argument("--version", action="version", version=f"forwarding {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = _add_serve(sub)
-    sub.add_parser("keygen", help="print a new random secret or end-to-end key (256 bits)")
+    sub.add_parser(
+        "keygen",
+        help="print a new random secret or end-to-end key (256 bits)",
+        description="Print 256 random bits from the operating system, URL-safe base64: a --secret for the "
+        "relay or an --e2e-key for the tools.",
+    )
     _add_tools(sub)
     return parser, serve
 
@@ -284,16 +293,25 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "connect",
         help="like nc: standard input to the receivers, what arrives to standard output",
         description="Join the relay; standard input goes to the receivers and what arrives goes to "
-        "standard output. Exits 0 when either side closes, 1 on an error.",
+        "standard output. The end of standard input ends our sending side (like nc -N) and what arrives "
+        "is still printed until every sender has finished. Exits 0 then, 1 on an error.",
     )
     add_client_flags(p, "this session's chid (default: generated, and printed on standard error)")
+    p.add_argument(
+        "-q",
+        dest="quit_after",
+        type=_seconds,
+        metavar="SECONDS",
+        help="quit this long after the end of standard input, even if the peer has not finished",
+    )
+    p.add_argument("-d", "--no-stdin", action="store_true", help="do not read standard input: receive only")
     p = sub.add_parser(
         "bridge",
         help="pipe relay sessions to a local TCP service (reach a LAN service through the relay)",
         description="Join the relay as --chid and pipe each session to --target, rejoining with backoff "
         "when either side drops.",
     )
-    add_client_flags(p, "the chid clients reach this bridge at")
+    add_client_flags(p, "the chid clients reach this bridge at", wait=False, wait_timeout=False, hangup=False)
     p.add_argument("--target", required=True, metavar="HOST:PORT", help="the local service, e.g. 127.0.0.1:22")
     p = sub.add_parser(
         "send",
@@ -323,15 +341,36 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         description="Join the relay in framed mode: each line you type goes to --to (or everyone), "
         "each message arrives with its sender, and peers joining and leaving are announced.",
     )
-    add_client_flags(p, "your name in the chat (default: generated)")
+    add_client_flags(p, "your name in the chat (default: generated)", wait=False, wait_timeout=False, e2e=False)
     p = sub.add_parser(
         "admin",
         help="talk to a running relay's --admin-socket: sessions, close CHID, reload",
         description="List a running relay's sessions, close one, or make it re-read its configuration.",
     )
     p.add_argument("socket", metavar="PATH", help="the relay's --admin-socket")
-    p.add_argument("action", choices=["sessions", "close", "reload"])
+    p.add_argument("action", choices=["sessions", "close", "reload"], help="what to do")
     p.add_argument("chid", nargs="?", help="for close: the session to close")
+    p.add_argument("--json", action="store_true", help="print the relay's answer as JSON, for scripts")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is out of range: 1-65535, or 0 for any free port")
+    return port
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a finite number of seconds, 0 or more")
+    return value
 
 
 def _apply_config_file(serve: argparse.ArgumentParser, argv: Sequence[str] | None) -> None:

@@ -55,9 +55,10 @@ def test_connect_pipes_16_mib_both_ways(server):
     for t in writers + readers:
         t.join(TIMEOUT * 3)
     assert results["a"] == db and results["b"] == da
-    # Standard input ending ends the session; the tool exits 0.
+    # Each end of standard input ends one direction; when both have, both tools exit 0.
     for p in procs.values():
         p.stdin.close()
+    for p in procs.values():
         assert p.wait(TIMEOUT) == 0
 
 

@@ -16,6 +16,7 @@ from ..errors import ConnectionClosed, HandshakeTimeout
 from ..protocol.client import ClientHandshake, Established
 from ..protocol.sealing import Sealer
 from .address import parse_address
+from .tls import open_tls_connection
 
 MAX_LINE = 64 * 1024
 
@@ -61,10 +62,7 @@ class Channel:
 
     async def send_eof(self) -> None:
         """Close our sending side (FIN); we go on receiving until our senders finish (docs/protocol.md, 5.1)."""
-        if self._writer.can_write_eof():
-            self._writer.write_eof()
-        else:  # TLS cannot half-close
-            await self.close()
+        self._writer.write_eof()  # over TLS too: close_notify, then FIN (client/tls.py)
 
     async def close(self) -> None:
         self._writer.close()
@@ -116,7 +114,10 @@ class _Connector(Generic[C]):
 
     async def _handshake(self) -> C:
         host, port = self._address
-        reader, writer = await asyncio.open_connection(host, port, ssl=self._tls, limit=MAX_LINE)
+        if self._tls is None:
+            reader, writer = await asyncio.open_connection(host, port, limit=MAX_LINE)
+        else:  # our own TLS layer: it can half-close (client/tls.py)
+            reader, writer = await open_tls_connection(host, port, self._tls, MAX_LINE)
         hs = self._hs
         try:
             # Without a secret hs3 needs nothing from hs2, so it goes in the same write.

@@ -130,7 +130,12 @@ class Decryptor:
             return plain
         raise IntegrityError("end-to-end authentication failed: wrong key, or the stream was tampered with")
 
+    @property
+    def started(self) -> bool:
+        """Any byte of a stream has arrived."""
+        return self._aead is not None or bool(self._buf)
+
     def eof(self) -> None:
-        """The transport ended: fine only after the final record."""
-        if not self.finished:
+        """The transport ended: fine only after the final record, or before any byte (no stream at all)."""
+        if self.started and not self.finished:
             raise IntegrityError("end-to-end stream cut short: the final record is missing")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import sys
 from typing import Any
 
 from rich.console import Console
@@ -15,12 +16,14 @@ def run(args: argparse.Namespace) -> int:
     request: dict[str, Any] = {"cmd": args.action}
     if args.action == "close":
         if not args.chid:
-            raise ValueError("close needs the chid of the session to close")
+            raise ValueError("close needs the chid of the session to close: forwarding admin PATH close CHID")
         request["chid"] = args.chid
     reply = _ask(args.socket, request)
     if not reply.get("ok"):
         raise ValueError(str(reply.get("desc", "refused")))
-    if args.action == "sessions":
+    if args.json:
+        print(json.dumps(reply.get("sessions", reply), indent=1))
+    elif args.action == "sessions":
         _show(reply["sessions"])
     elif args.action == "reload":
         changed = ", ".join(reply.get("changed", [])) or "nothing"
@@ -35,7 +38,14 @@ def run(args: argparse.Namespace) -> int:
 def _ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(10)
-        sock.connect(path)
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise ValueError(f"no admin socket at {path}; is the relay running with --admin-socket {path}?") from None
+        except PermissionError:
+            raise ValueError(f"no permission to use {path}; run as the relay's user") from None
+        except ConnectionRefusedError:
+            raise ValueError(f"nothing listens on {path}; the relay that made it has stopped") from None
         sock.sendall(json.dumps(request).encode() + b"\n")
         buf = b""
         while not buf.endswith(b"\n"):
@@ -50,7 +60,7 @@ def _ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show(sessions: list[dict[str, Any]]) -> None:
-    table = Table(title=f"{len(sessions)} sessions")
+    table = Table(title=f"{len(sessions)} session" + ("" if len(sessions) == 1 else "s"))
     for column in ("chid", "peer", "recvers", "mode", "in", "out", "dropped", "age s", "idle s"):
         table.add_column(column, justify="right" if column in ("in", "out", "dropped", "age s", "idle s") else "left")
     for s in sessions:
@@ -60,4 +70,6 @@ def _show(sessions: list[dict[str, Any]]) -> None:
             s["chid"], s["peer"], recvers, mode, str(s["in"]), str(s["out"]), str(s["dropped"]),
             f"{s['age']:.0f}", f"{s['idle']:.0f}",
         )  # fmt: skip
-    Console().print(table)
+    # Piped, a table must not be cut to 80 columns: give it the width it needs.
+    console = Console() if sys.stdout.isatty() else Console(width=10_000)
+    console.print(table)

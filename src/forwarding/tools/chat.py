@@ -11,23 +11,21 @@ import argparse
 import asyncio
 import sys
 
-from ..client.framed import FramedChannel, connect_framed
+from ..client.framed import FramedChannel
 from ..errors import SessionClosed
-from .common import tls_context
+from .common import open_channel
 
 MAX_LINE = 64 * 1024
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.e2e_key or args.passphrase:
-        raise ValueError("chat does not seal end to end yet; use --tls and --secret for the relay hop")
     return asyncio.run(_chat(args))
 
 
 async def _chat(args: argparse.Namespace) -> int:
-    async with connect_framed(
-        args.relay, chid=args.chid, recvers=args.to, secret=args.secret, tls=tls_context(args)
-    ) as ch:
+    ch = await open_channel(args, recvers=args.to, framed=True, wait=False)
+    assert isinstance(ch, FramedChannel)
+    async with ch:
         _say(f"* you are {ch.chid}; type a line and press Enter, Ctrl-D to leave")
         tasks = [
             asyncio.create_task(_show_messages(ch)),

@@ -27,6 +27,7 @@ def add_client_flags(
     wait: bool = True,
     wait_timeout: bool = True,
     hangup: bool = True,
+    e2e: bool = True,
 ) -> None:
     """The flags every tool takes; ``wait``, ``wait_timeout`` and ``hangup`` only where they mean something."""
     p.add_argument("relay", metavar="HOST[:PORT]", help="the relay (port 8601 if not given)")
@@ -53,12 +54,13 @@ def add_client_flags(
     p.add_argument("--tls-ca", metavar="PEM", help="trust this CA for the relay's certificate (implies --tls)")
     p.add_argument("--tls-cert", metavar="PEM", help="client certificate, if the relay asks for one")
     p.add_argument("--tls-key", metavar="PEM", help="key for --tls-cert")
-    p.add_argument(
-        "--e2e-key",
-        default=os.environ.get("FORWARDING_E2E_KEY"),
-        help="seal the payload end to end with this key (from forwarding keygen; or FORWARDING_E2E_KEY)",
-    )
-    p.add_argument("--passphrase", help="seal the payload end to end with a key derived from this passphrase")
+    if e2e:
+        p.add_argument(
+            "--e2e-key",
+            default=os.environ.get("FORWARDING_E2E_KEY"),
+            help="seal the payload end to end with this key (from forwarding keygen; or FORWARDING_E2E_KEY)",
+        )
+        p.add_argument("--passphrase", help="seal the payload end to end with a key derived from this passphrase")
     p.add_argument("-v", "--verbose", action="store_true", help="say what happens on standard error")
 
 

@@ -36,9 +36,9 @@ from rich.progress import (
 )
 
 from ..client.connection import Channel
-from ..client.framed import Ended, FramedChannel, connect_framed
+from ..client.framed import Ended, FramedChannel
 from ..errors import Error, IntegrityError
-from .common import Codec, ToolError, e2e_key, open_channel, say, tls_context
+from .common import Codec, ToolError, e2e_key, open_channel, say
 
 CHUNK = 1024 * 1024
 MAX_HEADER = 64 * 1024
