@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
+
+from ..tlsbio import BioTransport
 
 READ_SIZE = 256 * 1024
 
@@ -41,13 +42,13 @@ class TlsClientProtocol(asyncio.Protocol):
         self._ssl = context.wrap_bio(self._in, self._out, server_side=False, server_hostname=hostname)
         self._done = done
         self._raw: asyncio.Transport | None = None
-        self.app_transport: TlsClientTransport | None = None
+        self.app_transport: BioTransport | None = None
         self._handshaken = False
         self._eof = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)
-        self.app_transport = TlsClientTransport(self, self._raw, self._ssl)
+        self.app_transport = BioTransport(self, self._raw, self._ssl)
         self._try_handshake()
 
     def _try_handshake(self) -> bool:
@@ -125,70 +126,3 @@ class TlsClientProtocol(asyncio.Protocol):
     def encrypt(self, data: bytes) -> None:
         self._ssl.write(data)
         self.flush()
-
-
-class TlsClientTransport(asyncio.Transport):
-    """What the stream writer writes to: plaintext in, records out."""
-
-    def __init__(self, protocol: TlsClientProtocol, raw: asyncio.Transport, ssl_object: ssl.SSLObject) -> None:
-        super().__init__()
-        self._protocol = protocol
-        self._raw = raw
-        self._ssl_object = ssl_object
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._protocol.encrypt(bytes(data))
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        self._protocol.encrypt(b"".join(list_of_data))
-
-    def write_eof(self) -> None:
-        self._close_notify()
-        self._raw.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def _close_notify(self) -> None:
-        try:
-            self._ssl_object.unwrap()
-        except ssl.SSLError:  # SSLWantReadError: the relay's own close_notify has not come yet
-            pass
-        self._protocol.flush()
-
-    def close(self) -> None:
-        if not self._raw.is_closing():
-            self._close_notify()
-        self._raw.close()
-
-    def abort(self) -> None:
-        self._raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._raw.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "ssl_object":
-            return self._ssl_object
-        if name == "peercert":
-            return self._ssl_object.getpeercert()
-        if name == "sslcontext":
-            # StreamReaderProtocol closes the connection at EOF when this is set
-            # ("SSL cannot half-close"); this transport can.
-            return default
-        return self._raw.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._raw.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._raw.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._raw.get_write_buffer_size()

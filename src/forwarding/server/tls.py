@@ -5,7 +5,7 @@ reaches the protocol, so it could be neither logged nor counted, and admission
 limits would apply only after the expensive part. Why not ``loop.start_tls``:
 under uvloop it stalled a handshake now and then in our tests (bytes that arrive
 between ``connection_made`` and the switch). Here the Session sees a transport
-(:class:`TlsTransport`) that encrypts on write, and this protocol decrypts on
+(:class:`~forwarding.tlsbio.BioTransport`) that encrypts on write, and this protocol decrypts on
 read; plain-TCP sessions do not pay for any of it.
 """
 
@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Iterable
-from typing import Any, cast
+from typing import cast
 
+from ..tlsbio import BioTransport
 from .outcome import Outcome
 from .session import Session
 
@@ -31,14 +31,14 @@ class TlsProtocol(asyncio.Protocol):
         self._out = ssl.MemoryBIO()
         self._ssl = context.wrap_bio(self._in, self._out, server_side=True)
         self._raw: asyncio.Transport | None = None
-        self._app: TlsTransport | None = None
+        self._app: BioTransport | None = None
         self._handshaken = False
         self._close_notified = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         raw = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
         self._raw = raw
-        self._app = TlsTransport(self, raw, self._ssl)
+        self._app = BioTransport(self, raw, self._ssl)
         self._session.connection_made(self._app)
 
     def data_received(self, data: bytes) -> None:
@@ -47,20 +47,20 @@ class TlsProtocol(asyncio.Protocol):
             if not self._handshaken:
                 self._ssl.do_handshake()
                 self._handshaken = True
-                self._flush()
+                self.flush()
                 self._session.tls_established()
             while plain := self._read_plain():
                 # At most READ_SIZE per call, as from a plain socket: the largest
                 # data frame the relay sends is bounded by it (docs/protocol.md, 12.1).
                 self._session.data_received(plain)
         except ssl.SSLWantReadError:
-            self._flush()
+            self.flush()
             return
         except ssl.SSLError as exc:
-            self._flush()  # the alert tells the client why
+            self.flush()  # the alert tells the client why
             self._session.close(Outcome.TLS_FAILED if not self._handshaken else Outcome.RESET, str(exc))
             return
-        self._flush()
+        self.flush()
         if self._close_notified and self._app is not None:
             self._close_notified = False  # once
             # close_notify is the client's FIN (TLS 1.3 allows writing on after it):
@@ -86,14 +86,14 @@ class TlsProtocol(asyncio.Protocol):
             left -= len(chunk)
         return b"".join(chunks)
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         out = self._out.read()
         if out and self._raw is not None and not self._raw.is_closing():
             self._raw.write(out)
 
     def encrypt(self, data: bytes) -> None:
         self._ssl.write(data)
-        self._flush()
+        self.flush()
 
     def eof_received(self) -> bool | None:
         return self._session.eof_received()
@@ -106,61 +106,3 @@ class TlsProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._session.connection_lost(exc)
-
-
-class TlsTransport(asyncio.Transport):
-    """What the Session writes to: plaintext in, ciphertext to the socket."""
-
-    def __init__(self, protocol: TlsProtocol, raw: asyncio.Transport, ssl_object: ssl.SSLObject) -> None:
-        super().__init__()
-        self._protocol = protocol
-        self._raw = raw
-        self._ssl_object = ssl_object
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        self._protocol.encrypt(bytes(data))
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        self._protocol.encrypt(b"".join(list_of_data))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "ssl_object":
-            return self._ssl_object
-        return self._raw.get_extra_info(name, default)
-
-    def close(self) -> None:
-        self._close_notify()
-        self._raw.close()
-
-    def write_eof(self) -> None:
-        """close_notify, then FIN: the client's end of input; it may go on sending (TLS 1.3)."""
-        self._close_notify()
-        self._raw.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def _close_notify(self) -> None:
-        try:
-            self._ssl_object.unwrap()  # queue close_notify
-        except ssl.SSLError:  # SSLWantReadError: the client's own has not come yet
-            pass
-        self._protocol._flush()
-
-    def abort(self) -> None:
-        self._raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._raw.is_closing()
-
-    def pause_reading(self) -> None:
-        self._raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._raw.resume_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._raw.get_write_buffer_size()
