@@ -17,31 +17,19 @@ from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
 from ..protocol.frames import (
-    DATA,
-    MAX_ONLINE,
-    Close,
-    CommandError,
-    EndOfStream,
     Frame,
     FrameError,
     FrameParser,
-    Online,
-    Ping,
-    SetRecvers,
-    Subscribe,
     close_event,
     control_frame,
     data_header,
     eof_event,
-    parse_command,
-    parse_control,
     presence_frame,
-    reply_error,
-    reply_ok,
 )
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
-from ..protocol.messages import encode, hs4_fail, own_chid_desc, quote
+from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
+from . import framed
 from .deadlines import Expiring
 from .outcome import Outcome
 from .splice import Pump
@@ -222,7 +210,7 @@ class Session(asyncio.Protocol, Expiring):
     def data_received(self, data: bytes) -> None:
         if self.established:
             if self._frames is not None:
-                self._frames_received(data)
+                framed.frames_received(self, data)
                 return
             # The hot path: no parsing, no copying, no logging.
             n = len(data)
@@ -397,7 +385,7 @@ class Session(asyncio.Protocol, Expiring):
             self._blockers.discard(by)
         if self._backlog is not None and not self._blockers and self.outcome is None:
             backlog, self._backlog = self._backlog, None
-            self._run_frames(backlog)  # may stop again, over the mark
+            framed.run_frames(self, backlog)  # may stop again, over the mark
         if not self._blockers and self.outcome is None and not self._waiting and self.pump is None:
             assert self._transport is not None
             self._transport.resume_reading()
@@ -550,98 +538,7 @@ class Session(asyncio.Protocol, Expiring):
         if not self._write_paused:
             self._release_waiters()
 
-    # -- framed mode (docs/protocol.md, section 12) -------------------------------
-
-    def _frames_received(self, data: bytes) -> None:
-        parser = self._frames
-        assert parser is not None
-        now = self.last_active = self._loop.time()
-        self._run_frames(parser.feed(data))
-        if not parser.buffered:
-            self._partial_since = None
-        elif self._partial_since is None and self.outcome is None:
-            # The incomplete frame has a deadline of its own (deadline_passed checks it).
-            self._partial_since = now
-            due = now + self._config.frame_timeout
-            if due < self.last_active + self.idle_timeout:
-                self._relay.deadlines.add(self, due)
-
-    def _run_frames(self, frames: list[Frame]) -> None:
-        """Execute frames in order; stop at a reply that leaves us over our mark (12.3)."""
-        parser = self._frames
-        assert parser is not None
-        # Every complete frame before a bad header is executed first, however
-        # TCP cut the stream (docs/protocol.md, 12.2).
-        for i, frame in enumerate(frames):
-            if self.outcome is not None:
-                return
-            if frame.kind == DATA:
-                if self._in_done:
-                    self._frame_error(FrameError("a data frame after the eof command"))
-                    return
-                self.bytes_in += len(frame.payload)
-                dropped = self._router.route(self, self.recvers, frame.payload)
-                if dropped:
-                    self.dropped += dropped
-                continue
-            self._command(frame.payload)
-            if self._write_paused and self.outcome is None:
-                # Our own replies are piling up unread (a 29-byte command may be
-                # answered with 1 MB): stop here, not at the end of the read, and
-                # go on with the rest once they drain, as for any receiver over
-                # its mark. At most one reply beyond the mark is queued.
-                if i + 1 < len(frames):
-                    self._backlog = frames[i + 1 :]
-                self.throttle(self)
-                return
-        if parser.error is not None:
-            self._frame_error(parser.error)
-
-    def _command(self, payload: bytes | memoryview) -> None:
-        try:
-            ident, cmd = parse_command(parse_control(payload))
-        except CommandError as exc:
-            self._send_control(reply_error(exc.ident, exc.desc))
-            return
-        except FrameError as exc:
-            self._frame_error(exc)
-            return
-        router = self._router
-        if isinstance(cmd, SetRecvers):
-            if cmd.recvers is not None and self.chid in cmd.recvers:
-                self._send_control(reply_error(ident, own_chid_desc(self.chid)))
-                return
-            # Frames before this one went to the old recvers, frames after it go
-            # to the new ones: the parser hands them over in order.
-            router.retarget(self, cmd.recvers)
-            self.recvers = cmd.recvers
-            if self._subscribed:
-                router.subscribe(self, self.recvers)
-            self._send_control(reply_ok(ident, recvers=list(cmd.recvers or ()), online=self._visible_online()))
-        elif isinstance(cmd, Online):
-            self._send_control(reply_ok(ident, online=self._visible_online()))
-        elif isinstance(cmd, Ping):
-            self._send_control(reply_ok(ident, pong=True))
-        elif isinstance(cmd, Subscribe):
-            self._subscribed = cmd.on
-            if cmd.on:
-                router.subscribe(self, self.recvers)
-                self._send_control(reply_ok(ident, presence=True, online=self._visible_online()))
-            else:
-                router.unsubscribe(self)
-                self._send_control(reply_ok(ident, presence=False))
-        elif isinstance(cmd, EndOfStream):
-            self._send_control(reply_ok(ident))
-            self._input_ended()
-        elif isinstance(cmd, Close):
-            self._send_control(reply_ok(ident))
-            self.close(Outcome.CLIENT_CLOSED, f"closed by the client: {cmd.reason}" if cmd.reason else None)
-
-    def _visible_online(self) -> list[str]:
-        """Online chids this session may see: its recvers, or for broadcast anyone (capped)."""
-        if self.recvers is not None:
-            return self._router.online(self.recvers)
-        return [c for c in self._router.all_online(MAX_ONLINE + 1) if c != self.chid][:MAX_ONLINE]
+    # -- framed mode (docs/protocol.md, section 12; the rules are in server/framed.py) --
 
     def _send_control(self, message: dict[str, object]) -> None:
         self._write((control_frame(message),))
