@@ -14,7 +14,7 @@ The client library::
 
 from . import sync
 from .client.connection import Channel, connect
-from .client.framed import FramedChannel, Presence, connect_framed
+from .client.framed import FramedChannel, Presence, Visit, connect_framed
 from .errors import (
     ChidInUse,
     CommandRejected,
@@ -47,6 +47,7 @@ __all__ = [
     "ProtocolViolation",
     "RecversOffline",
     "SessionClosed",
+    "Visit",
     "WrongSecret",
     "connect",
     "connect_framed",

@@ -134,6 +134,13 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"idle timeout once a client has sent FIN (default {d.half_close_timeout:g})",
     )
     p.add_argument(
+        "--max-waiting-visits",
+        type=int,
+        default=d.max_waiting_visits,
+        metavar="N",
+        help=f"visits one service may leave unanswered at once; more are refused (default {d.max_waiting_visits})",
+    )
+    p.add_argument(
         "--max-frame",
         type=_size,
         default=lim.max_frame,
@@ -259,6 +266,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         write_buffer_low=args.write_buffer_low,
         slow_receiver_timeout=args.slow_receiver_timeout,
         half_close_timeout=args.half_close_timeout,
+        max_waiting_visits=args.max_waiting_visits,
         close_timeout=args.close_timeout,
         frame_timeout=args.frame_timeout,
         shutdown_grace=args.shutdown_grace,

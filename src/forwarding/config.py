@@ -61,6 +61,11 @@ class ServerConfig:
     sending side until the relay writes to it, so a half-closed session that
     goes quiet is not kept for the whole idle timeout (haproxy's
     ``timeout client-fin``)."""
+    max_waiting_visits: int = 128
+    """Most visits one service may leave unanswered at a time (docs/protocol.md, 13); more are refused.
+
+    Each is a handshaking connection, bounded by the handshake timeout too: this
+    keeps one service's queue of visit events short."""
     splice: bool = True
     """Forward one-to-one plain-TCP sessions with splice(2) where the OS has it."""
     splice_after: int = 16 * 1024

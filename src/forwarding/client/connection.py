@@ -40,6 +40,8 @@ class Channel:
         """Which named receivers were online at hs4 (``None`` for broadcast)."""
         self.timeout = hs4.timeout
         """The idle timeout the relay applies, in seconds."""
+        self.peer = hs4.peer
+        """For a session that answered a visit (``accept``), or a visitor: the other end's chid."""
 
     async def send(self, data: bytes) -> None:
         """Send ``data`` to the receivers; waits while the relay pushes back."""
@@ -95,10 +97,12 @@ class _Connector(Generic[C]):
         timeout: float | None = None,
         open_timeout: float | None = 30.0,
         hangup: bool = False,
+        service: bool = False,
+        accept: str | None = None,
     ) -> None:
         self._address = parse_address(address) if isinstance(address, str) else address
         sealer = Sealer.from_secret(secret) if secret else None
-        self._hs = ClientHandshake(chid, recvers, timeout, wait, sealer, hangup, self._framed)
+        self._hs = ClientHandshake(chid, recvers, timeout, wait, sealer, hangup, self._framed, service, accept)
         self._tls = ssl.create_default_context() if tls is True else (tls or None)
         self._open_timeout = open_timeout
         self._channel: C | None = None
@@ -154,6 +158,8 @@ class connect(_Connector[Channel]):
     they are not within the relay's handshake timeout). ``secret`` seals the
     handshake; ``tls`` is an :class:`ssl.SSLContext`, or ``True`` for the default one.
     ``hangup=True`` asks the relay to end this session when a named receiver leaves.
+    ``accept=ticket`` answers a visit to a service (docs/protocol.md, 13): the
+    channel is then paired with that visitor (``peer``).
     """
 
     def _wrap(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hs4: Established) -> Channel:

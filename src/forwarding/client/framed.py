@@ -49,6 +49,15 @@ class Presence:
 
 
 @dataclass(frozen=True, slots=True)
+class Visit:
+    """A visitor asks for our service (docs/protocol.md, 13): answer with ``connect(..., accept=ticket)``
+    or :meth:`FramedChannel.refuse`."""
+
+    chid: str
+    ticket: str
+
+
+@dataclass(frozen=True, slots=True)
 class Ended:
     """Sender ``chid`` has ended its stream (its eof event), in its place after its last message."""
 
@@ -74,6 +83,8 @@ class FramedChannel:
         nothing after the last message it returned from them."""
         self._data: asyncio.Queue[tuple[str, bytes] | Ended | None] = asyncio.Queue(DATA_QUEUE)
         self._events: asyncio.Queue[Presence | None] = asyncio.Queue()
+        # Unbounded, but the relay bounds a service's unanswered visits (--max-waiting-visits).
+        self._visits: asyncio.Queue[Visit | None] = asyncio.Queue()
         self._replies: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 1
         self._subscribed = False
@@ -145,6 +156,16 @@ class FramedChannel:
             yield event
         self._events.put_nowait(None)
 
+    async def visits(self) -> AsyncIterator[Visit]:
+        """A service session's visits, as they come (until the session ends)."""
+        while (visit := await self._visits.get()) is not None:
+            yield visit
+        self._visits.put_nowait(None)
+
+    async def refuse(self, ticket: str, desc: str | None = None) -> None:
+        """Turn a visit away; the visitor's handshake fails with ``desc`` (at most 256 characters)."""
+        await self._request("refuse", ticket=ticket, **({} if desc is None else {"desc": desc[:256]}))
+
     async def close(self, reason: str | None = None) -> None:
         """End the session (with ``reason`` in the relay's log) and the connection."""
         if not self._done and not self._writer.is_closing():
@@ -209,6 +230,7 @@ class FramedChannel:
                     future.set_exception(reason)
             self._replies.clear()
             self._events.put_nowait(None)
+            self._visits.put_nowait(None)
             # The data queue may be full; the sentinel waits its turn without blocking us.
             if self._data.full():
                 # Held on self: the loop keeps only a weak reference to tasks.
@@ -226,6 +248,8 @@ class FramedChannel:
         event = msg.get("event")
         if event in ("online", "offline") and isinstance(msg.get("chid"), str):
             self._events.put_nowait(Presence(msg["chid"], event == "online"))
+        elif event == "visit" and isinstance(msg.get("chid"), str) and isinstance(msg.get("ticket"), str):
+            self._visits.put_nowait(Visit(msg["chid"], msg["ticket"]))
         elif event == "close":
             self.closed_because = SessionClosed(str(msg.get("code", "")), str(msg.get("desc", "")))
 

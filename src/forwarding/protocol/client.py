@@ -23,6 +23,8 @@ class Established:
     online: list[str] | None = field(default=None)
     max_frame: int | None = None
     """Framed mode: the largest frame payload the relay accepts."""
+    peer: str | None = None
+    """A visit (docs/protocol.md, 13): the chid of the other end, now this session's only recver."""
 
 
 class ClientHandshake:
@@ -35,7 +37,11 @@ class ClientHandshake:
         sealer: Sealer | None = None,
         hangup: bool = False,
         framed: bool = False,
+        service: bool = False,
+        accept: str | None = None,
     ) -> None:
+        self.service = service
+        self.accept = accept
         self.hangup = hangup
         self.framed = framed
         self.chid = chid
@@ -80,6 +86,10 @@ class ClientHandshake:
             msg["hangup"] = True
         if self.framed:
             msg["mode"] = "framed"
+        if self.service:
+            msg["service"] = True
+        if self.accept is not None:
+            msg["accept"] = self.accept
         if self._challenge is not None:
             msg["challenge"] = self._challenge
         return self._line(msg, "hs3")
@@ -91,6 +101,7 @@ class ClientHandshake:
         online = reply.get("online")
         timeout = reply.get("timeout")
         max_frame = reply.get("max_frame")
+        peer = reply.get("peer")
         if self.framed and (reply.get("mode") != "framed" or not isinstance(max_frame, int)):
             raise ProtocolViolation("the relay did not accept framed mode (is it an older server?)")
         return Established(
@@ -98,6 +109,7 @@ class ClientHandshake:
             timeout=float(timeout) if isinstance(timeout, int | float) else None,
             online=[str(c) for c in online] if isinstance(online, list) else None,
             max_frame=max_frame if isinstance(max_frame, int) else None,
+            peer=peer if isinstance(peer, str) else None,
         )
 
     def _line(self, msg: dict[str, Any], step: str) -> bytes:

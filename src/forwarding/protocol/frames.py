@@ -196,8 +196,16 @@ class Close:
     reason: str | None
 
 
-Command = SetRecvers | Online | Ping | Subscribe | EndOfStream | Close
-COMMANDS = ("recvers", "online", "ping", "subscribe", "eof", "close")
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """``refuse``: a service turns a visit away; the visitor gets FAIL with ``desc`` (section 13)."""
+
+    ticket: str
+    desc: str | None
+
+
+Command = SetRecvers | Online | Ping | Subscribe | EndOfStream | Close | Refuse
+COMMANDS = ("recvers", "online", "ping", "subscribe", "eof", "close", "refuse")
 
 
 class CommandError(Exception):
@@ -246,6 +254,14 @@ def _command(cmd: str, msg: dict[str, Any]) -> Command:
         if reason is not None and (not isinstance(reason, str) or len(reason) > MAX_REASON):
             raise CommandError(f'"reason" must be a string of at most {MAX_REASON} characters')
         return Close(reason)
+    if cmd == "refuse":
+        ticket = msg.get("ticket")
+        if not isinstance(ticket, str) or not ticket:
+            raise CommandError('"ticket" must be the ticket of a visit event')
+        desc = msg.get("desc")
+        if desc is not None and (not isinstance(desc, str) or len(desc) > MAX_REASON):
+            raise CommandError(f'"desc" must be a string of at most {MAX_REASON} characters')
+        return Refuse(ticket, desc)
     raise FrameError(f"unknown command {quote(cmd)}; known: {', '.join(COMMANDS)}", "unknown_command")
 
 
@@ -272,6 +288,10 @@ def presence_frame(chid: str, online: bool) -> bytes:
 
 def eof_event(chid: str) -> dict[str, Any]:
     return {"event": "eof", "chid": chid}
+
+
+def visit_event(chid: str, ticket: str) -> dict[str, Any]:
+    return {"event": "visit", "chid": chid, "ticket": ticket}
 
 
 def close_event(code: str, desc: str) -> dict[str, Any]:

@@ -74,6 +74,10 @@ class Hs3Received:
     wait: bool
     hangup: bool = False
     framed: bool = False
+    service: bool = False
+    """Offer a service: sessions that name this chid become visits (docs/protocol.md, 13)."""
+    accept: str | None = None
+    """Answer the visit with this ticket."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,7 +166,15 @@ class ServerHandshake:
             return Hs1Received(request.chid)
         self.idle_timeout = self._idle_timeout(request)
         self.framed = request.framed
-        return Hs3Received(request.recvers, self.idle_timeout, request.wait, request.hangup, request.framed)
+        return Hs3Received(
+            request.recvers,
+            self.idle_timeout,
+            request.wait,
+            request.hangup,
+            request.framed,
+            request.service,
+            request.accept,
+        )
 
     @property
     def buffered(self) -> int:
@@ -183,14 +195,16 @@ class ServerHandshake:
         self.state = State.AWAIT_HS3
         self._reply("hs2", hs2(chid, self.challenge))
 
-    def establish(self, online: list[str] | None) -> bytes:
-        """Queue hs4 OK and return the bytes that followed hs3: they are data."""
+    def establish(self, online: list[str] | None, peer: str | None = None) -> bytes:
+        """Queue hs4 OK and return the bytes that followed hs3: they are data.
+
+        ``peer``: the other end of a visit (docs/protocol.md, 13)."""
         self._expect(State.ROUTING)
         assert self.chid is not None
         self.state = State.ESTABLISHED
         self.deadline = None
         max_frame = self.limits.max_frame if self.framed else None
-        self._reply("hs4", hs4_ok(self.chid, self.idle_timeout, online, max_frame))
+        self._reply("hs4", hs4_ok(self.chid, self.idle_timeout, online, max_frame, peer))
         return self._lines.take_rest()
 
     def fail(self, desc: str, code: str = "bad_request") -> Failed:

@@ -45,6 +45,9 @@ def loads_strict(text: str) -> Any:
 _DECODER = json.JSONDecoder(object_pairs_hook=_object)
 _JSON_WHITESPACE = " \t\n\r"
 
+MAX_TICKET = 128
+"""Longest ``accept`` ticket a client may send; the server's are 22 characters."""
+
 MAX_RECVERS = 1024
 """Most chids one hs3 may name. Bounds the work and memory of one session's routing."""
 
@@ -94,6 +97,10 @@ class Hs3:
     """Close this session as soon as one of its named receivers goes offline."""
     framed: bool = False
     """``"mode": "framed"``: after hs4 both directions are frames (docs/protocol.md, section 12)."""
+    service: bool = False
+    """This session offers a service under its chid: sessions that name it become visits (section 13)."""
+    accept: str | None = None
+    """A ticket from a ``visit`` event: this session answers that visit (section 13)."""
 
 
 Request = Hs1 | Hs3
@@ -190,7 +197,29 @@ def _parse_hs3(obj: dict[str, Any]) -> Hs3:
     mode = _default(obj.get("mode"), "raw")
     if mode not in ("raw", "framed"):
         raise HandshakeError('"mode" must be "raw" or "framed"')
-    return Hs3(recvers=names, timeout=timeout, wait=wait, challenge=challenge, hangup=hangup, framed=mode == "framed")
+    service = _default(obj.get("service"), False)
+    if not isinstance(service, bool):
+        raise HandshakeError('"service" must be true or false')
+    if service and (mode != "framed" or names is not None):
+        raise HandshakeError('a service session needs "mode": "framed" and no "recvers": it sends no data')
+    accept = obj.get("accept")
+    if accept is not None:
+        if not isinstance(accept, str) or not accept or len(accept) > MAX_TICKET:
+            raise HandshakeError(
+                f'"accept" must be a ticket from a visit event (a string of 1 to {MAX_TICKET} characters)'
+            )
+        if names is not None or wait or service:
+            raise HandshakeError('"accept" answers a visit: it goes without "recvers", "wait" and "service"')
+    return Hs3(
+        recvers=names,
+        timeout=timeout,
+        wait=wait,
+        challenge=challenge,
+        hangup=hangup,
+        framed=mode == "framed",
+        service=service,
+        accept=accept,
+    )
 
 
 def _default(value: object, default: object) -> object:
@@ -235,10 +264,14 @@ def hs2(chid: str, challenge: str | None = None) -> dict[str, Any]:
     return reply
 
 
-def hs4_ok(chid: str, timeout: float, online: list[str] | None, max_frame: int | None = None) -> dict[str, Any]:
+def hs4_ok(
+    chid: str, timeout: float, online: list[str] | None, max_frame: int | None = None, peer: str | None = None
+) -> dict[str, Any]:
     reply: dict[str, Any] = {"rsp": "hs4", "result": "OK", "chid": chid, "timeout": _number(timeout)}
     if online is not None:
         reply["online"] = online
+    if peer is not None:  # a visit (section 13): the other end of it
+        reply["peer"] = peer
     if max_frame is not None:  # framed mode
         reply["mode"] = "framed"
         reply["max_frame"] = max_frame

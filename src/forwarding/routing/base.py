@@ -147,7 +147,9 @@ class Router(Protocol):
         ...
 
     def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
-        """Call ``sink.peer_left(chid)`` when any of ``chids`` goes offline, until ``sink`` is released."""
+        """Call ``sink.peer_left(chid)`` when any of ``chids`` goes offline, until ``sink`` is released.
+
+        Replaces an earlier call for ``sink``."""
         ...
 
     def subscribe(self, sink: Sink, chids: tuple[str, ...] | None) -> None:

@@ -143,6 +143,12 @@ class LocalRouter:
                 del fan_in[chid]
 
     def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
+        for chid in self._hangup_chids.get(sink, ()):  # replaces what it asked before
+            bound = self._hangups.get(chid)
+            if bound is not None:
+                bound.discard(sink)
+                if not bound:
+                    del self._hangups[chid]
         self._hangup_chids[sink] = chids
         for chid in chids:
             self._hangups.setdefault(chid, set()).add(sink)

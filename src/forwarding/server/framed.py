@@ -20,6 +20,7 @@ from ..protocol.frames import (
     FrameError,
     Online,
     Ping,
+    Refuse,
     SetRecvers,
     Subscribe,
     parse_command,
@@ -27,7 +28,8 @@ from ..protocol.frames import (
     reply_error,
     reply_ok,
 )
-from ..protocol.messages import own_chid_desc
+from ..protocol.messages import own_chid_desc, quote
+from . import visits
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -59,8 +61,9 @@ def run_frames(self: Session, frames: list[Frame]) -> None:
         if self.outcome is not None:
             return
         if frame.kind == DATA:
-            if self._in_done:
-                self._frame_error(FrameError("a data frame after the eof command"))
+            if self._in_done or self._service:
+                why = "a service session sends no data" if self._service else "a data frame after the eof command"
+                self._frame_error(FrameError(why))
                 return
             self.bytes_in += len(frame.payload)
             dropped = self._router.route(self, self.recvers, frame.payload)
@@ -95,6 +98,15 @@ def command(self: Session, payload: bytes | memoryview) -> None:
         if cmd.recvers is not None and self.chid in cmd.recvers:
             self._send_control(reply_error(ident, own_chid_desc(self.chid)))
             return
+        service = self._relay.visits.names_service(cmd.recvers)
+        if service is not None or self._service:
+            why = (
+                "a service session sends no data"
+                if self._service
+                else f"{quote(service or '')} is a service: visit it from a new session whose recvers name it alone"
+            )
+            self._send_control(reply_error(ident, why))
+            return
         # Frames before this one went to the old recvers, frames after it go
         # to the new ones: the parser hands them over in order.
         router.retarget(self, cmd.recvers)
@@ -117,6 +129,8 @@ def command(self: Session, payload: bytes | memoryview) -> None:
     elif isinstance(cmd, EndOfStream):
         self._send_control(reply_ok(ident))
         self._input_ended()
+    elif isinstance(cmd, Refuse):
+        visits.refuse(self, ident, cmd.ticket, cmd.desc)
     elif isinstance(cmd, Close):
         self._send_control(reply_ok(ident))
         self.close(Outcome.CLIENT_CLOSED, f"closed by the client: {cmd.reason}" if cmd.reason else None)

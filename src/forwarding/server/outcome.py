@@ -32,6 +32,8 @@ class Outcome(enum.Enum):
     """hs3 asked to hang up with its receivers, and one of them went offline."""
     FRAME_ERROR = "frame_error"
     """A framed session sent a malformed frame, a frame over the limit or an unknown command."""
+    VISIT_REFUSED = "visit_refused"
+    """A visit's service refused it, or went offline before answering (docs/protocol.md, 13)."""
     ADMIN_CLOSED = "admin_closed"
     """An operator closed the session (``forwarding admin close``)."""
     SHUTDOWN = "shutdown"

@@ -24,6 +24,7 @@ from .deadlines import Deadlines
 from .outcome import Outcome
 from .session import Session
 from .tls import TlsProtocol
+from .visits import Visits
 
 log = logging.getLogger("forwarding.relay")
 
@@ -83,6 +84,7 @@ class Relay:
         self._reloader = reloader
         self.loop = loop or asyncio.get_running_loop()
         self.router = LocalRouter()
+        self.visits = Visits(config.max_waiting_visits)  # services and their unanswered visits
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
         self.deadlines = Deadlines(self.loop)  # handshake and idle deadlines, bucketed
@@ -192,6 +194,7 @@ class Relay:
             ssl_context = tls_context(config)
         self.config, self.sealer, self.ssl_context = config, sealer, ssl_context
         self.admission.limits = new.admission
+        self.visits.limit = new.max_waiting_visits
         live = [name for name in changed if name not in RESTART_ONLY]  # names only: never a secret's value
         fields = {"changed": ",".join(live) or "-", "needs_restart": ",".join(restart) or "-"}
         log.info("reloaded", extra={"fields": fields})

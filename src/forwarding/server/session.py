@@ -29,10 +29,11 @@ from ..protocol.frames import (
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
 from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
-from . import framed
+from . import framed, visits
 from .deadlines import Expiring
 from .outcome import Outcome
 from .splice import Pump
+from .visits import Visit
 
 if TYPE_CHECKING:
     from .relay import Relay
@@ -90,6 +91,8 @@ class Session(asyncio.Protocol, Expiring):
         "_subscribed",
         "_backlog",
         "_partial_since",
+        "_service",
+        "_visit",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -144,6 +147,8 @@ class Session(asyncio.Protocol, Expiring):
         self._subscribed = False  # framed: presence events on
         self._backlog: list[Frame] | None = None  # framed: frames of one read not yet run (12.3)
         self._partial_since: float | None = None  # framed: when the incomplete frame held began
+        self._service = False  # hs3 "service": visits, never data (server/visits.py)
+        self._visit: Visit | None = None  # a visitor whose handshake waits for the service's answer
 
     @property
     def framed(self) -> bool:
@@ -227,7 +232,7 @@ class Session(asyncio.Protocol, Expiring):
             return
         self._hs.receive_data(data)
         self._drive_handshake()
-        if self._waiting and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
+        if (self._waiting or self._visit) and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
             assert self._transport is not None
             self._transport.pause_reading()  # resumed at hs4 (_finish_handshake)
 
@@ -284,7 +289,7 @@ class Session(asyncio.Protocol, Expiring):
             self.last_active = self._loop.time()
             self._transport.write(data)  # type: ignore[union-attr]  # established => connected
             return self._write_paused
-        if self._out_done:  # a raw client whose input the relay has ended (5.1)
+        if self._out_done or self._service:  # a raw client whose input has ended (5.1), or a service (13)
             self.dropped += len(data)
             return False
         self.bytes_out += len(data)
@@ -306,7 +311,7 @@ class Session(asyncio.Protocol, Expiring):
             self._pending.extend(chunks)
 
     def sender_finished(self, chid: str, last: bool) -> None:
-        if self.outcome is not None or self._out_done:
+        if self.outcome is not None or self._out_done or self._service:
             return
         if self._frames is not None:
             self._write((control_frame(eof_event(chid)),))
@@ -451,11 +456,23 @@ class Session(asyncio.Protocol, Expiring):
         self.idle_timeout = event.timeout
         if event.framed:
             self._frames = FrameParser(self._config.limits.max_frame)
+        if event.accept is not None:
+            visits.accept(self, event.accept)
+            return
+        service = self._relay.visits.names_service(self.recvers)
+        if service is not None and not self._can_visit(service):
+            return
+        self._service = event.service
         if not self._router.claim(self):
             desc = f"chid {quote(self.chid)} came online during the handshake"
             self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
             return
         self._registered = True
+        if self._service:
+            self._relay.visits.service_online(self)
+        if service is not None:
+            visits.begin(self, service)  # hangup: with the session that answers, not the service
+            return
         if event.hangup and self.recvers:
             self._router.hang_up_with(self, self.recvers)
         if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
@@ -476,13 +493,36 @@ class Session(asyncio.Protocol, Expiring):
 
     def _finish_waiting(self) -> None:
         if self._waiting and self.outcome is None:
-            self._finish_handshake()
+            service = self._relay.visits.names_service(self.recvers)
+            if service is None:
+                self._finish_handshake()
+            elif self._can_visit(service):  # what we waited for came online as a service
+                self._waiting = False
+                self._router.unwatch(self.recvers or (), self._on_peer_online)
+                visits.begin(self, service)
 
-    def _finish_handshake(self) -> None:
+    def _can_visit(self, service: str) -> bool:
+        """A visit names the service alone (docs/protocol.md, 13); refuse anything else."""
+        assert self.recvers is not None
+        if len(self.recvers) == 1:
+            return True
+        desc = f'"recvers" names the service {quote(service)} with other chids: a visit names the service alone'
+        self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
+        return False
+
+    def _visit_failed(self, desc: str) -> None:
+        """The service refused the visit, or left before answering."""
+        if self._visit is not None and self.outcome is None:
+            self._visit = None
+            self._refuse(Outcome.VISIT_REFUSED, desc, "refused")
+
+    def _finish_handshake(self, peer: str | None = None) -> None:
         hs = self._hs
         assert hs is not None and self._transport is not None
         online = self._router.online(self.recvers) if self.recvers is not None else None
-        trailing = hs.establish(online)
+        trailing = hs.establish(online, peer)
+        if peer is not None and not self._blockers:
+            self._transport.resume_reading()  # paused if the visitor sent much before the answer
         if self._waiting:
             self._waiting = False
             self._router.unwatch(self.recvers or (), self._on_peer_online)
@@ -623,6 +663,11 @@ class Session(asyncio.Protocol, Expiring):
             self._arm_handshake_timer()
         elif self._awaiting_chid:
             self._refuse(Outcome.CHID_IN_USE, _in_use(self.chid), "chid_in_use")
+        elif self._visit is not None:
+            assert self.recvers is not None
+            limit = self._config.limits.handshake_timeout
+            desc = f"service {quote(self.recvers[0])} did not answer within {limit:g} s"
+            self._refuse(Outcome.HANDSHAKE_TIMEOUT, desc, "handshake_timeout")
         elif self._waiting:
             assert self.recvers is not None
             missing = [c for c in self.recvers if not self._router.is_online(c)]
@@ -741,8 +786,13 @@ class Session(asyncio.Protocol, Expiring):
         if self._inbound:
             for pump in list(self._inbound):
                 pump.stop()
+        if self._visit is not None:
+            self._relay.visits.drop(self._visit)
+            self._visit = None
         if self._registered:
             self._registered = False
+            if self._service:
+                visits.service_left(self)
             self._router.release(self)
         if self._waiting:
             self._waiting = False
