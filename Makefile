@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORT ?= 8601
 
-.PHONY: serve test lint unit integration bench clean
+.PHONY: serve test lint unit integration bench clean system-deps
 
 $(BIN)/forwarding: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,17 @@ lint: $(VENV)/.test-deps
 	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/mypy src benchmarks
 
-test: lint
+# sshd for the bridge tests, installed with apt where we can (tests/system-deps.sh).
+system-deps:
+	@bash tests/system-deps.sh
+
+test: lint system-deps
 	$(BIN)/pytest -q
 
 unit: $(VENV)/.test-deps
 	$(BIN)/pytest -q tests/unit tests/property
 
-integration: $(VENV)/.test-deps
+integration: $(VENV)/.test-deps system-deps
 	$(BIN)/pytest -q tests/integration
 
 # The benchmark suite: tables into docs/performance.md, charts into docs/img/.

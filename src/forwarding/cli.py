@@ -315,12 +315,26 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("-d", "--no-stdin", action="store_true", help="do not read standard input: receive only")
     p = sub.add_parser(
         "bridge",
-        help="pipe relay sessions to a local TCP service (reach a LAN service through the relay)",
-        description="Join the relay as --chid and pipe each session to --target, rejoining with backoff "
-        "when either side drops.",
+        help="expose a local TCP service through the relay to many visitors at once",
+        description="Offer --target as a service under --chid: every visitor (forwarding connect RELAY --to "
+        "CHID) gets its own connection to the target, once allowed. Give --allow CHID, --e2e-key/--passphrase "
+        "(visitors must prove the key before the target is dialled), or --allow-any.",
     )
-    add_client_flags(p, "the chid clients reach this bridge at", wait=False, wait_timeout=False, hangup=False)
+    add_client_flags(
+        p, "the chid visitors reach this bridge at", to=False, wait=False, wait_timeout=False, hangup=False
+    )
     p.add_argument("--target", required=True, metavar="HOST:PORT", help="the local service, e.g. 127.0.0.1:22")
+    p.add_argument("--allow", action="append", metavar="CHID", help="a visitor chid that may visit; repeat for several")
+    p.add_argument(
+        "--allow-any", action="store_true", help="let any client of the relay visit (with no --allow and no key)"
+    )
+    p.add_argument(
+        "--max-visitors",
+        type=_count,
+        default=64,
+        metavar="N",
+        help="visitors served at once; more are refused (default 64)",
+    )
     p = sub.add_parser(
         "send",
         help="send a file to a receiver; exits 0 only once the receiver has confirmed it",
@@ -359,6 +373,16 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("action", choices=["sessions", "close", "reload"], help="what to do")
     p.add_argument("chid", nargs="?", help="for close: the session to close")
     p.add_argument("--json", action="store_true", help="print the relay's answer as JSON, for scripts")
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give at least 1")
+    return value
 
 
 def _port(text: str) -> int:
@@ -416,8 +440,8 @@ def _run_tool(args: argparse.Namespace) -> int:
     from .errors import Error
     from .tools import admin, bridge, chat, pipe, transfer
 
-    if args.command == "bridge":
-        logs.configure("info" if args.verbose else "warning")
+    if args.command == "bridge":  # a daemon: one line per visitor, and what went wrong
+        logs.configure("debug" if args.verbose else "info")
     runners = {
         "connect": pipe.run,
         "bridge": bridge.run,

@@ -128,7 +128,7 @@ def test_bridge_reaches_a_local_service_and_survives_a_relay_restart(start_serve
     first = start_server()
     port = first.port
     bridge = subprocess.Popen(
-        [*FWD, "bridge", f"127.0.0.1:{port}", "--chid", "svc", "--to", "client",
+        [*FWD, "bridge", f"127.0.0.1:{port}", "--chid", "svc", "--allow", "client",
          "--target", f"127.0.0.1:{echo.port}", "-v"],
         stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -222,7 +222,7 @@ def test_connect_as_a_proxy_command_through_a_bridge_client_after_client(start_s
     target = GreetingEchoServer()
     server = start_server()
     bridge = subprocess.Popen(
-        [*FWD, "bridge", relay(server), "--chid", "office", "--to", "laptop", "--target", f"127.0.0.1:{target.port}"]
+        [*FWD, "bridge", relay(server), "--chid", "office", "--allow", "laptop", "--target", f"127.0.0.1:{target.port}"]
     )
     try:
         for n in (1, 2, 3):

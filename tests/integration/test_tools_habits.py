@@ -105,7 +105,18 @@ def test_bridge_and_chat_over_tls(start_server, pki_paths):
     tls = ("--tls-ca", pki_paths["ca"])
     echo = EchoServer()
     bridge = subprocess.Popen(
-        [*FWD, "bridge", relay(server), "--chid", "svc", "--to", "client", "--target", f"127.0.0.1:{echo.port}", *tls]
+        [
+            *FWD,
+            "bridge",
+            relay(server),
+            "--chid",
+            "svc",
+            "--allow",
+            "client",
+            "--target",
+            f"127.0.0.1:{echo.port}",
+            *tls,
+        ]
     )
     try:
         wait_online(server, "svc")

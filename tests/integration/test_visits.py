@@ -187,3 +187,25 @@ def test_unanswered_visits_per_service_are_bounded(start_server):
     over = visitor_hello(server, "v2", ["office"])
     fail = over.read_line()
     assert fail["code"] == "refused" and "2 visitors waiting" in fail["desc"], fail
+
+
+def test_the_ends_of_a_visit_take_bytes_only_from_each_other(server):
+    office = Framed(server, "office", service=True)
+    v = visitor_hello(server, "alice", ["office"])
+    a, hs4 = accept(server, next_visit(office)["ticket"])
+    v.read_line()
+    # Someone who names either end, or broadcasts, cannot inject into the pair.
+    for target in (["alice"], [str(hs4["chid"])], None):
+        intruder, _ = handshake(server, None, target)
+        intruder.sock.sendall(b"junk")
+        intruder.sock.shutdown(socket.SHUT_WR)
+        intruder.assert_closed()
+    v.sock.sendall(b"from alice")
+    a.sock.sendall(b"to alice")
+    assert a.recv_exactly(10) == b"from alice"
+    assert v.recv_exactly(8) == b"to alice"
+    v.sock.shutdown(socket.SHUT_WR)
+    assert a.recv_until_eof() == b""
+    a.sock.close()
+    v.assert_closed()
+    assert "dropped=8" in server.closed_line("alice")  # two intruders' 4 bytes each, counted

@@ -68,6 +68,12 @@ class Encryptor:
         records = (self._record(data[i : i + MAX_RECORD], last=False) for i in range(0, len(data), MAX_RECORD))
         return self._take_header() + b"".join(records)
 
+    def hello(self) -> bytes:
+        """The header and one empty record: proves the key before there is anything to say.
+
+        A bridge checks it before it dials its target (docs/protocol.md, 13.3)."""
+        return self._take_header() + self._record(b"", last=False)
+
     def finish(self) -> bytes:
         """The final record: marks a clean end, so truncation is detected."""
         return self._take_header() + self._record(b"", last=True)
@@ -129,6 +135,11 @@ class Decryptor:
             self.finished = last
             return plain
         raise IntegrityError("end-to-end authentication failed: wrong key, or the stream was tampered with")
+
+    @property
+    def opened(self) -> int:
+        """Records opened so far: one proves the sender holds the key."""
+        return self._counter
 
     @property
     def started(self) -> bool:

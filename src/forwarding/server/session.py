@@ -93,6 +93,7 @@ class Session(asyncio.Protocol, Expiring):
         "_partial_since",
         "_service",
         "_visit",
+        "_peer",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -149,6 +150,7 @@ class Session(asyncio.Protocol, Expiring):
         self._partial_since: float | None = None  # framed: when the incomplete frame held began
         self._service = False  # hs3 "service": visits, never data (server/visits.py)
         self._visit: Visit | None = None  # a visitor whose handshake waits for the service's answer
+        self._peer: str | None = None  # one end of a visit: the other end, the only sender it takes
 
     @property
     def framed(self) -> bool:
@@ -289,7 +291,9 @@ class Session(asyncio.Protocol, Expiring):
             self.last_active = self._loop.time()
             self._transport.write(data)  # type: ignore[union-attr]  # established => connected
             return self._write_paused
-        if self._out_done or self._service:  # a raw client whose input has ended (5.1), or a service (13)
+        if self._out_done or self._service or self._peer is not None and sender != self._peer:
+            # A raw client whose input has ended (5.1), a service, or one end of a
+            # visit, which takes only the other end's bytes (13): nobody else's.
             self.dropped += len(data)
             return False
         self.bytes_out += len(data)
@@ -558,7 +562,7 @@ class Session(asyncio.Protocol, Expiring):
         pending, self._pending = self._pending, None
         self._write_paused = False
         self.established = True
-        self._raw_live = self._frames is None and not self._out_done
+        self._raw_live = self._frames is None and not self._out_done and self._peer is None
         if hs4:
             transport.write(hs4)
         for chunk in pending or ():

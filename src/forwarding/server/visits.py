@@ -146,6 +146,7 @@ def accept(self: Session, ticket: str) -> bool:
     visitor.recvers = (self.chid,)
     router.hang_up_with(visitor, (self.chid,))
     router.hang_up_with(self, (visitor.chid,))
+    self._peer, visitor._peer = visitor.chid, self.chid
     self._finish_handshake(peer=visitor.chid)
     visitor._finish_handshake(peer=self.chid)
     return True

@@ -174,6 +174,15 @@ class Codec:
     def outgoing(self, data: bytes) -> bytes:
         return self._enc.seal(data) if self._enc else data
 
+    def hello(self) -> bytes:
+        """The first bytes of a sealed stream: the header and an empty record (nothing without sealing)."""
+        return self._enc.hello() if self._enc else b""
+
+    @property
+    def proven(self) -> bool:
+        """The peer has sent at least one record that opened with our key (always true without sealing)."""
+        return self._dec is None or self._dec.opened > 0
+
     def outgoing_end(self) -> bytes:
         return self._enc.finish() if self._enc else b""
 

@@ -37,6 +37,10 @@ async def _connect(args: argparse.Namespace) -> int:
     online = f"; online: {', '.join(ch.online)}" if ch.online is not None else ""
     say(args, f"joined as {ch.chid}{online}", always=not args.chid)
     try:
+        if codec.sealed:
+            # Prove the key at once: a bridge dials its target only then (docs/protocol.md,
+            # 13.3), and many services speak first. Receive-only: our stream is empty.
+            await ch.send(codec.outgoing_end() if args.no_stdin else codec.hello())
         download = asyncio.ensure_future(_download(ch, codec))
         if args.no_stdin:
             await download
