@@ -20,6 +20,7 @@ from forwarding.protocol.frames import (
     FrameParser,
     Online,
     Ping,
+    Refuse,
     SetRecvers,
     Subscribe,
     control_frame,
@@ -195,6 +196,15 @@ def test_null_means_absent_in_commands_and_unknown_fields_are_ignored():
     assert parse_command({"id": 3, "cmd": "recvers", "recvers": None}) == (3, SetRecvers(None))
     assert parse_command({"id": 4, "cmd": "ping", "later": {"x": 1}}) == (4, Ping())
     assert parse_command({"id": 5, "cmd": "eof"}) == (5, EndOfStream())
+    assert parse_command({"id": 6, "cmd": "refuse", "ticket": "t", "desc": None}) == (6, Refuse("t", None))
+
+
+@pytest.mark.parametrize(
+    "msg", [{"cmd": "refuse"}, {"cmd": "refuse", "ticket": ""}, {"cmd": "refuse", "ticket": "t", "desc": "x" * 257}]
+)
+def test_a_refuse_without_a_ticket_or_with_a_long_desc_is_answered_ok_false(msg):
+    with pytest.raises(CommandError):
+        parse_command({"id": 1, **msg})
 
 
 @pytest.mark.parametrize(
