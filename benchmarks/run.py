@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import fanout, features, handshakes, hostile, idle, latency, pairs, throughput
+from . import bridge, fanout, features, handshakes, hostile, idle, latency, pairs, throughput
 from .common import Table, fmt, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,6 +41,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
                 runs=1, size=4 << 20, rounds=50, hs_seconds=0.3, idle_sessions=50, idle_runs=1
             ),
             "hostile": lambda: hostile.run(rounds=50, warmup=5, runs=1),
+            "bridge": lambda: bridge.run(visitors=(1, 4), total=4 << 20, runs=1),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -51,6 +52,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "pairs": lambda: pairs.run(sec, runs=5),
         "features": lambda: features.run(),
         "hostile": lambda: hostile.run(),
+        "bridge": lambda: bridge.run(),
     }
 
 

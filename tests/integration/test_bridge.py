@@ -315,3 +315,30 @@ def test_ten_ssh_sessions_and_an_scp_at_once_through_one_bridge(server, sshd, tm
     finally:
         if bridge.proc.poll() is None:
             bridge.proc.kill()
+
+
+def test_visits_go_on_while_the_bridge_rejoins_after_losing_its_service_session(start_server, tmp_path):
+    admin = str(tmp_path / "admin.sock")
+    server = start_server("--admin-socket", admin)
+    echo = RecordingEcho()
+    bridge = Bridge(server, echo.port, "--allow-any")
+
+    async def main() -> None:
+        alice = await forwarding.connect(server.address, chid="alice", recvers=["office"], wait=True)
+        await alice.send(b"before")
+        assert await alice.recv_exactly(6) == b"before"
+        # The operator closes the bridge's own session: alice's pair is separate.
+        closed = subprocess.run([*FWD, "admin", admin, "close", "office"], capture_output=True, timeout=TIMEOUT)
+        assert closed.returncode == 0, closed.stderr
+        await asyncio.to_thread(bridge.wait_for, "service online", 2)  # it rejoined
+        await alice.send(b"during")
+        assert await alice.recv_exactly(6) == b"during"
+        assert await visit(server, "bob", b"after the rejoin") == b"after the rejoin"
+        await alice.close()
+
+    try:
+        asyncio.run(main())
+        assert echo.connections == 2
+        assert bridge.stop() == 0
+    finally:
+        echo.sock.close()

@@ -92,8 +92,9 @@ def test_connect_with_end_to_end_sealing(server):
     assert rx.stdout.read(15) == b"secret message\n"
     rx.stdin.close()
     assert rx.wait(TIMEOUT) == 0
-    # The relay carried ciphertext: a 20-byte header, 15 bytes sealed (4 + 15 + 16), an empty final record (4 + 16).
-    assert "in=75" in server.closed_line("e2e-tx")
+    # The relay carried ciphertext: a 20-byte header, the empty record that proves the key at once
+    # (4 + 16), 15 bytes sealed (4 + 15 + 16), an empty final record (4 + 16).
+    assert "in=95" in server.closed_line("e2e-tx")
 
 
 class EchoServer:

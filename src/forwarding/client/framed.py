@@ -75,6 +75,8 @@ class FramedChannel:
         self.max_frame = hs4.max_frame or MIN_MAX_FRAME
         """Largest payload per frame; :meth:`send` splits longer messages."""
         self.timeout = hs4.timeout
+        self.peer = hs4.peer
+        """For the ends of a visit (docs/protocol.md, 13): the other end's chid."""
         self.closed_because: SessionClosed | None = None
         """Why the relay ended the session, once it has."""
         self._parser = FrameParser(max(self.max_frame, 16 << 20), allow_chid=True)

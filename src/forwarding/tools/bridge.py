@@ -149,7 +149,10 @@ class Bridge:
         interval = min(300.0, (service.timeout or 3600.0) / 3)
         while True:
             await asyncio.sleep(interval)
-            await service.ping()
+            try:
+                await service.ping()
+            except (OSError, Error):
+                return  # the session has ended; _serve sees it too
 
     def _turn_away(self, visit: Visit) -> str | None:
         if self.allowed and visit.chid not in self.allowed:
@@ -199,14 +202,14 @@ class Bridge:
             except ConnectionError:
                 return "left before proving the key; target not dialled"
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.target), CONNECT_TIMEOUT)
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.target, limit=READ), CONNECT_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             return f"cannot reach the target {_text(self.target)}: {getattr(exc, 'strerror', None) or exc or 'timeout'}"
         writer.write(first)
         counts[0] += len(first)
 
         async def to_target() -> None:
-            async for chunk in channel:
+            while chunk := await channel.recv(READ):  # 256 KiB, not the default 64: a quarter of the rounds
                 data = codec.incoming(chunk)
                 writer.write(data)
                 counts[0] += len(data)
@@ -230,8 +233,8 @@ class Bridge:
             for task in done:
                 failure = task.exception()
                 if failure is not None:
-                    side = "visitor" if task is tasks[0] else "target"
-                    return f"{side} side failed: {failure}"
+                    direction = "visitor to target" if task is tasks[0] else "target to visitor"
+                    return f"{direction} failed: {failure or type(failure).__name__}"
             return "finished"
         finally:
             writer.close()
