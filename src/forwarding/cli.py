@@ -58,6 +58,27 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument("--host", action="append", help="address to listen on; repeat for several (default 0.0.0.0)")
     p.add_argument("--port", type=_port, default=d.port, help=f"TCP port, 0 for any free one (default {d.port})")
     p.add_argument(
+        "--ws-port",
+        type=_port,
+        metavar="PORT",
+        help="also listen for WebSocket sessions and serve the web client here (wss:// with --tls-cert); 0: any",
+    )
+    p.add_argument(
+        "--ws-allow-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="a browser origin (e.g. https://app.example) besides the relay's own that may connect; * for any",
+    )
+    p.add_argument(
+        "--ws-ping-interval",
+        type=float,
+        default=d.ws_ping_interval,
+        metavar="SECONDS",
+        help=f"ping WebSocket clients this often; no pong by the next ping ends the session; 0: never "
+        f"(default {d.ws_ping_interval:g})",
+    )
+    p.add_argument(
         "--mode",
         choices=[m.value for m in Mode],
         default=d.mode.value,
@@ -260,6 +281,9 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
         port=args.port,
+        ws_port=args.ws_port,
+        ws_allow_origins=tuple(args.ws_allow_origin),
+        ws_ping_interval=args.ws_ping_interval,
         mode=Mode(args.mode),
         limits=limits,
         write_buffer_high=args.write_buffer_high,

@@ -61,6 +61,12 @@ class ServerConfig:
     sending side until the relay writes to it, so a half-closed session that
     goes quiet is not kept for the whole idle timeout (haproxy's
     ``timeout client-fin``)."""
+    ws_port: int | None = None
+    """Port of the WebSocket listener (docs/protocol.md, 14), on the same hosts; ``None``: none."""
+    ws_allow_origins: tuple[str, ...] = ()
+    """Browser origins besides the relay's own that may open WebSocket sessions (``*``: any)."""
+    ws_ping_interval: float = 20.0
+    """Seconds between the relay's pings to a WebSocket client; one unanswered by the next ends it (0: none)."""
     max_waiting_visits: int = 128
     """Most visits one service may leave unanswered at a time (docs/protocol.md, 13); more are refused.
 

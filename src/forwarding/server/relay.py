@@ -54,7 +54,7 @@ the descriptor limit, which would drop a client without a word."""
 CLOSE_BATCH = 500
 """Sessions closed per pass of the event loop at shutdown: 20,000 at once held the loop for 2 s."""
 
-RESTART_ONLY = ("hosts", "port", "mode", "admin_socket", "metrics")
+RESTART_ONLY = ("hosts", "port", "ws_port", "mode", "admin_socket", "metrics")
 """Settings a reload cannot change: the listeners are bound once."""
 
 
@@ -126,6 +126,20 @@ class Relay:
             # no cost per connection.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         bound = [sock.getsockname()[:2] for sock in server.sockets]
+        ws_bound: list[tuple[str, int]] = []
+        if self.config.ws_port is not None:
+            from .ws import WsProtocol  # websockets is imported only for a WebSocket listener
+
+            def ws_protocol() -> asyncio.Protocol:
+                ssl_context = self.ssl_context
+                ws = WsProtocol(self)
+                return ws if ssl_context is None else TlsProtocol(ws, ssl_context)
+
+            ws_server = await self.loop.create_server(
+                ws_protocol, host=list(self.config.hosts), port=self.config.ws_port, reuse_address=True, backlog=4096
+            )
+            self._servers.append(ws_server)
+            ws_bound = [sock.getsockname()[:2] for sock in ws_server.sockets]
         if self.config.admin_socket:
             self._servers.append(await admin.start(self, self.config.admin_socket))
         if self.config.metrics:
@@ -141,6 +155,10 @@ class Relay:
                 "max_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             }
             log.info("listening", extra={"fields": fields})
+        for host, port in ws_bound:
+            scheme = "wss" if self.ssl_context is not None else "ws"
+            fields = {"address": _address(host, port), "url": f"{scheme}://{_address(host, port)}/ws"}
+            log.info("listening for WebSockets", extra={"fields": fields})
         return bound
 
     async def stop(self) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Protocol, cast
 
 from ..protocol.chid import generate_chid
 from ..protocol.frames import (
@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("forwarding.session")
 
 _NEVER = sys.maxsize  # a read size no read reaches: this session is not spliced
+
+
+class Layer(Protocol):
+    """A transport layer under the session that must know when the handshake is over (WebSocket)."""
+
+    def handshake_over(self) -> None: ...
 
 
 class Session(asyncio.Protocol, Expiring):
@@ -94,9 +100,12 @@ class Session(asyncio.Protocol, Expiring):
         "_service",
         "_visit",
         "_peer",
+        "_layer",
+        "_spliceable",
     )
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, layer: Layer | None = None) -> None:
+        """``layer``: the WebSocket layer this session runs on (server/ws.py), if any."""
         self._relay = relay
         self._router: Router = relay.router
         self._loop = relay.loop
@@ -127,7 +136,10 @@ class Session(asyncio.Protocol, Expiring):
         self._transport: asyncio.Transport | None = None
         self._ip = "?"
         self._admitted = False
-        self._tls_pending = relay.ssl_context is not None
+        # A layer (WebSocket) makes the session after its own TLS and upgrade.
+        self._tls_pending = relay.ssl_context is not None and layer is None
+        self._layer = layer
+        self._spliceable = relay.splice and layer is None  # a WebSocket's socket carries frames
         self._hs: ServerHandshake | None = None
         self._registered = False
         self._waiting = False
@@ -534,7 +546,7 @@ class Session(asyncio.Protocol, Expiring):
                 self._transport.resume_reading()
         self._establish(hs.data_to_send())
         self._hs = None
-        if self._relay.splice and self.recvers is not None and len(self.recvers) == 1 and self._frames is None:
+        if self._spliceable and self.recvers is not None and len(self.recvers) == 1 and self._frames is None:
             self._splice_after = self._config.splice_after
         if trailing:
             self.data_received(trailing)
@@ -565,8 +577,10 @@ class Session(asyncio.Protocol, Expiring):
         self._raw_live = self._frames is None and not self._out_done and self._peer is None
         if hs4:
             transport.write(hs4)
-        for chunk in pending or ():
-            transport.write(chunk)
+        if self._layer is not None:
+            self._layer.handshake_over()  # from now on data, not reply lines (docs/protocol.md, 14)
+        if pending:
+            transport.writelines(pending)  # one write: frames stay whole for a WebSocket end
         if self._out_done:  # its last sender finished before hs4 was out
             self._shut_down_output(transport)
         self.last_active = self._loop.time()
@@ -578,6 +592,8 @@ class Session(asyncio.Protocol, Expiring):
                 "recvers": _recvers_text(self.recvers),
                 "mode": "framed" if self._frames is not None else "raw",
             }
+            if self._layer is not None:
+                fields["transport"] = "websocket"
             log.info("session open", extra={"fields": fields})
         if not self._write_paused:
             self._release_waiters()
@@ -608,7 +624,7 @@ class Session(asyncio.Protocol, Expiring):
         receiver = self._router.local_sink(self.recvers[0])
         if not isinstance(receiver, Session) or not receiver.established or receiver.outcome is not None:
             return
-        if receiver._frames is not None:  # its data frames need a header per chunk
+        if receiver._frames is not None or not receiver._spliceable:  # frames, or a WebSocket's socket
             return
         dst = receiver._transport
         if dst is None or dst.get_write_buffer_size():

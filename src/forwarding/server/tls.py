@@ -13,19 +13,31 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from typing import cast
+from typing import Protocol, cast
 
 from ..tlsbio import BioTransport
 from .outcome import Outcome
-from .session import Session
 
 READ_SIZE = 256 * 1024
 
 
-class TlsProtocol(asyncio.Protocol):
-    """Sits between the socket's transport and a :class:`Session`."""
+class Inner(Protocol):
+    """What runs over TLS: a Session, or the WebSocket layer (server/ws.py) with one inside."""
 
-    def __init__(self, session: Session, context: ssl.SSLContext) -> None:
+    def connection_made(self, transport: asyncio.BaseTransport) -> None: ...
+    def tls_established(self) -> None: ...
+    def data_received(self, data: bytes) -> None: ...
+    def eof_received(self) -> bool: ...
+    def pause_writing(self) -> None: ...
+    def resume_writing(self) -> None: ...
+    def connection_lost(self, exc: Exception | None) -> None: ...
+    def close(self, outcome: Outcome, desc: str | None = None) -> None: ...
+
+
+class TlsProtocol(asyncio.Protocol):
+    """Sits between the socket's transport and a :class:`~forwarding.server.session.Session` (or WebSocket layer)."""
+
+    def __init__(self, session: Inner, context: ssl.SSLContext) -> None:
         self._session = session
         self._in = ssl.MemoryBIO()
         self._out = ssl.MemoryBIO()

@@ -1,0 +1,368 @@
+"""WebSocket sessions (``--ws-port``): browsers join the relay as ordinary sessions.
+
+A layer under :class:`~forwarding.server.session.Session`, as TLS is
+(:mod:`.tls`): :class:`WsProtocol` sits on the socket (or on TLS, for wss://)
+and drives websockets' sans-I/O :class:`~websockets.server.ServerProtocol`;
+the Session sees a :class:`WsTransport` and knows nothing of frames. The
+mapping (docs/protocol.md, section 14):
+
+* HTTP ``GET /`` and the files of the bundled web client are served and the
+  connection closed; ``GET /ws`` with an upgrade becomes a session.
+* Before hs4, each text message from the client is one handshake line; each
+  reply line goes out as one text message. The Session says when hs4 is out
+  (:meth:`WsProtocol.handshake_over`): no guessing from the bytes, which are
+  base64 under ``--secret``.
+* After hs4, every message from the client is data (raw: the bytes; framed:
+  frames), and every write of the Session is one binary message: a raw
+  receiver gets one per chunk, a framed one whole frames (writes are
+  frame-aligned).
+* A WebSocket has no half-close: the relay's end of stream for a raw session
+  is a close frame (1000, "end of stream"), and the client's close frame ends
+  its session. Framed sessions half-close with the ``eof`` command.
+
+Flow control passes straight through: the Session watches the socket
+transport's own buffer, so a WebSocket receiver is over its mark exactly when
+its socket is. A WebSocket end is never spliced (its socket carries frames).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Iterable
+from importlib import resources
+from typing import TYPE_CHECKING, cast
+
+from websockets.datastructures import Headers
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request, Response
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from .outcome import Outcome
+from .session import Session
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("forwarding.ws")
+
+WS_PATH = "/ws"
+_QUIET = logging.getLogger("forwarding.ws.protocol")  # websockets' own debug lines, off by default
+_QUIET.propagate = False
+_QUIET.addHandler(logging.NullHandler())
+
+_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
+# The page and its scripts come from the relay itself and talk only to it.
+_CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' blob: data:; style-src 'self' 'unsafe-inline'"
+
+
+def _load_pages() -> dict[str, tuple[str, bytes]]:
+    """The bundled web client (src/forwarding/web), read once: path -> (content type, body)."""
+    pages: dict[str, tuple[str, bytes]] = {}
+    root = resources.files("forwarding") / "web"
+    for entry in root.iterdir():
+        suffix = os.path.splitext(entry.name)[1]
+        if entry.is_file() and suffix in _TYPES:
+            pages["/" + entry.name] = (_TYPES[suffix], entry.read_bytes())
+    if "/index.html" in pages:
+        pages["/"] = pages["/index.html"]
+    return pages
+
+
+_PAGES: dict[str, tuple[str, bytes]] | None = None
+
+
+class _Refusals:
+    """At most ``PER_MINUTE`` log lines a minute for refused upgrades, then a count."""
+
+    PER_MINUTE = 20
+
+    def __init__(self) -> None:
+        self._since = 0.0
+        self._logged = self._skipped = 0
+
+    def log(self, peer: str, status: int, why: str) -> None:
+        now = time.monotonic()
+        if now - self._since >= 60:
+            if self._skipped:
+                log.info("websocket refusals not logged", extra={"fields": {"count": self._skipped}})
+            self._since, self._logged, self._skipped = now, 0, 0
+        if self._logged < self.PER_MINUTE:
+            self._logged += 1
+            log.info("websocket refused", extra={"fields": {"peer": peer, "status": status, "why": why}})
+        else:
+            self._skipped += 1
+
+
+REFUSALS = _Refusals()
+
+
+class WsProtocol(asyncio.Protocol):
+    """One WebSocket listener connection: HTTP, then (after an upgrade) a Session's transport."""
+
+    def __init__(self, relay: Relay) -> None:
+        self._relay = relay
+        limits = relay.config.limits
+        # One message holds a handshake line, or a frame of max_frame with its header.
+        self._ws = ServerProtocol(max_size=max(limits.max_frame + 8, limits.max_line + 2), logger=_QUIET)
+        self._raw: asyncio.Transport | None = None
+        self._app: WsTransport | None = None
+        self._session: Session | None = None
+        self._text = True  # before hs4: the Session's writes are reply lines, one text message each
+        self._text_message = False  # the message being received began as text
+        self._timer: asyncio.TimerHandle | None = None  # the HTTP phase's deadline, then the pings
+        self._pong_due = False
+        self._peer = "?"
+
+    # -- from the socket (or TLS) ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._raw = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        # The whole upgrade (and TLS, under wss) must fit in the handshake timeout.
+        limit = self._relay.config.limits.handshake_timeout
+        self._timer = self._relay.loop.call_later(limit, self._upgrade_expired)
+
+    def tls_established(self) -> None:
+        """Called by TlsProtocol (wss://); the upgrade comes next."""
+
+    def data_received(self, data: bytes) -> None:
+        ws = self._ws
+        ws.receive_data(data)
+        for event in ws.events_received():
+            if isinstance(event, Request):
+                self._request(event)
+            elif isinstance(event, Frame):
+                self._frame(event)
+        self._flush()
+
+    def eof_received(self) -> bool:
+        # TCP FIN without a close frame: the client has gone (browsers never half-close).
+        self._ws.receive_eof()
+        self._flush()
+        return False
+
+    def pause_writing(self) -> None:
+        if self._session is not None:
+            self._session.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._session is not None:
+            self._session.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._session is not None:
+            self._session.connection_lost(exc)
+
+    def close(self, outcome: Outcome, desc: str | None = None) -> None:
+        """TlsProtocol's way to end us (a TLS error)."""
+        if self._session is not None:
+            self._session.close(outcome, desc)
+        elif self._raw is not None:
+            self._raw.close()
+
+    # -- HTTP -----------------------------------------------------------------------
+
+    def _request(self, request: Request) -> None:
+        path = request.path.split("?", 1)[0]
+        ws = self._ws
+        if path == WS_PATH:
+            why = self._origin_refusal(request.headers)
+            if why is not None:
+                REFUSALS.log(self._peer, 403, why)
+                ws.send_response(ws.reject(403, why + "\n"))
+                return
+            response = ws.accept(request)
+            ws.send_response(response)
+            if response.status_code == 101:
+                self._open_session()
+            else:
+                REFUSALS.log(self._peer, response.status_code, response.body.decode(errors="replace").strip())
+            return
+        global _PAGES
+        if _PAGES is None:
+            _PAGES = _load_pages()
+        page = _PAGES.get(path)
+        if page is None:
+            ws.send_response(
+                ws.reject(404, f"nothing at {path[:100]}; the web client is at / and WebSockets at {WS_PATH}\n")
+            )
+            return
+        content_type, body = page
+        headers = Headers(
+            [
+                ("Content-Type", content_type),
+                ("Content-Length", str(len(body))),
+                ("Cache-Control", "no-cache"),
+                ("X-Content-Type-Options", "nosniff"),
+                ("Content-Security-Policy", _CSP),
+                ("Connection", "close"),
+            ]
+        )
+        ws.send_response(Response(200, "OK", headers, body))
+
+    def _origin_refusal(self, headers: Headers) -> str | None:
+        """Cross-site WebSocket hijacking: a browser page from elsewhere may not use the relay unless allowed.
+
+        No Origin (not a browser) and the relay's own origin are allowed, and
+        those given with ``--ws-allow-origin`` (``*``: any)."""
+        origin = headers.get("Origin")
+        allowed = self._relay.config.ws_allow_origins
+        if origin is None or "*" in allowed or origin in allowed:
+            return None
+        host = headers.get("Host")
+        if host is not None and origin.split("://", 1)[-1] == host:
+            return None
+        return f"origin {origin[:100]} is not allowed (the relay's own page is; see --ws-allow-origin)"
+
+    def _upgrade_expired(self) -> None:
+        self._timer = None
+        if self._session is None and self._raw is not None:
+            REFUSALS.log(self._peer, 408, "no WebSocket upgrade within the handshake timeout")
+            self._raw.abort()
+
+    # -- the session -------------------------------------------------------------------
+
+    def _open_session(self) -> None:
+        assert self._raw is not None
+        if self._timer is not None:
+            self._timer.cancel()
+        self._arm_ping()
+        self._app = WsTransport(self, self._raw)
+        self._session = Session(self._relay, layer=self)
+        self._session.connection_made(self._app)
+
+    def handshake_over(self) -> None:
+        """The Session has written hs4 (or, in broadcast mode, needs none): data from now on."""
+        self._text = False
+
+    def _frame(self, frame: Frame) -> None:
+        session = self._session
+        if session is None:
+            return
+        opcode = frame.opcode
+        if opcode in (Opcode.TEXT, Opcode.BINARY, Opcode.CONT):
+            if opcode is not Opcode.CONT:
+                self._text_message = opcode is Opcode.TEXT
+            data = bytes(frame.data)
+            if self._text and self._text_message and frame.fin:
+                data += b"\n"  # one text message, one handshake line (docs/protocol.md, 14)
+            session.data_received(data)
+        elif opcode is Opcode.PONG:
+            self._pong_due = False
+        elif opcode is Opcode.CLOSE:
+            # websockets has queued its close frame in answer (or this answers ours):
+            # the session ends, a WebSocket cannot go on receiving.
+            session.eof_received()
+
+    def send(self, data: bytes) -> None:
+        ws = self._ws
+        if ws.state is not State.OPEN:
+            return  # closing: the session's output ends with the close frame
+        if self._text:
+            for line in data.split(b"\n"):
+                if line:
+                    ws.send_text(line)
+        else:
+            ws.send_binary(data)
+        self._flush()
+
+    def end_of_stream(self) -> None:
+        """The Session's FIN: a close frame, after what was written."""
+        if self._ws.state is State.OPEN:
+            self._ws.send_close(1000, "end of stream")
+            self._flush()
+
+    def _flush(self) -> None:
+        raw = self._raw
+        if raw is None:
+            return
+        for chunk in self._ws.data_to_send():
+            if chunk:
+                if not raw.is_closing():
+                    raw.write(chunk)
+            else:  # websockets' end of the connection: after the close handshake, or an HTTP reply
+                raw.close()
+
+    # -- keepalive ------------------------------------------------------------------------
+
+    def _arm_ping(self) -> None:
+        interval = self._relay.config.ws_ping_interval
+        if interval > 0:
+            self._timer = self._relay.loop.call_later(interval, self._ping)
+
+    def _ping(self) -> None:
+        self._timer = None
+        session = self._session
+        if session is None or self._ws.state is not State.OPEN:
+            return
+        if self._pong_due:
+            interval = self._relay.config.ws_ping_interval
+            session.close(Outcome.RESET, f"no pong within {interval:g} s", abort=True)
+            return
+        self._pong_due = True
+        self._ws.send_ping(os.urandom(4))
+        self._flush()
+        self._arm_ping()
+
+
+class WsTransport(asyncio.Transport):
+    """What a WebSocket session's Session writes to: messages out, the socket's flow control as it is."""
+
+    def __init__(self, protocol: WsProtocol, raw: asyncio.Transport) -> None:
+        super().__init__()
+        self._protocol = protocol
+        self._raw = raw
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._protocol.send(bytes(data))
+
+    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
+        # One write, one message: a framed receiver's header and payload stay together.
+        self._protocol.send(b"".join(list_of_data))
+
+    def write_eof(self) -> None:
+        self._protocol.end_of_stream()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self._protocol.end_of_stream()
+        self._raw.close()
+
+    def abort(self) -> None:
+        self._raw.abort()
+
+    def is_closing(self) -> bool:
+        return self._raw.is_closing()
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        if name == "socket":  # its bytes are frames: never spliced
+            return default
+        return self._raw.get_extra_info(name, default)
+
+    def pause_reading(self) -> None:
+        self._raw.pause_reading()
+
+    def resume_reading(self) -> None:
+        self._raw.resume_reading()
+
+    def is_reading(self) -> bool:
+        return self._raw.is_reading()
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._raw.set_write_buffer_limits(high, low)
+
+    def get_write_buffer_size(self) -> int:
+        return self._raw.get_write_buffer_size()
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._raw.get_write_buffer_limits()
