@@ -209,6 +209,11 @@ def handshake(
     return c, hs4
 
 
+def ws_port(server: ServerProcess) -> int:
+    """The port of a relay started with ``--ws-port 0``, from its log."""
+    return int(server.wait_for_log(r'listening for WebSockets address="[^"]*:(\d+)"').group(1))
+
+
 def metrics_port(server: ServerProcess) -> int:
     """The port of a relay started with ``--metrics 127.0.0.1:0``, from its log."""
     return int(server.wait_for_log(r'metrics address="127\.0\.0\.1:(\d+)"').group(1))
