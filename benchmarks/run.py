@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import bridge, fanout, features, handshakes, hostile, idle, latency, pairs, throughput
+from . import bridge, fanout, features, handshakes, hostile, idle, latency, pairs, throughput, websocket
 from .common import Table, fmt, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,6 +42,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             ),
             "hostile": lambda: hostile.run(rounds=50, warmup=5, runs=1),
             "bridge": lambda: bridge.run(visitors=(1, 4), total=4 << 20, runs=1),
+            "websocket": lambda: websocket.run(size=4 << 20, runs=1, rounds=50),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -53,6 +54,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "features": lambda: features.run(),
         "hostile": lambda: hostile.run(),
         "bridge": lambda: bridge.run(),
+        "websocket": lambda: websocket.run(),
     }
 
 
@@ -152,6 +154,11 @@ def targets(tables: dict[str, Table]) -> Table | None:
     if ho:
         ratio = ho.data["with the neighbours"]["p99_vs_quiet"] or 0.0
         check("latency p99 with hostile neighbours / quiet relay", "<= 2.0", ratio, ratio <= 2.0)
+    wst = tables.get("websocket")
+    if wst:
+        for path in ("websocket -> tcp", "tcp -> websocket"):
+            ratio = wst.data[path]["vs_ordinary"] or 0.0
+            check(f"{path} MB/s / tcp -> tcp on the ordinary path", ">= 0.5", ratio, ratio >= 0.5)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
