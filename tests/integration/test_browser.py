@@ -7,7 +7,6 @@ skip and say why. A screenshot of each page is kept in ``.artifacts/``.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 import shutil
@@ -17,8 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-import forwarding
 
 from .conftest import TIMEOUT, ServerProcess, handshake, ws_port
 from .test_tools import E2E_KEY, FWD, relay, wait_online
@@ -69,37 +66,50 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
-def test_chat_between_a_tab_a_framed_client_and_a_raw_client(page):
+def test_chat_between_a_tab_forwarding_chat_and_a_raw_client(page):
     server: ServerProcess = page.server
     page.fill("#chid", "web")
     page.click("#join")
     page.wait_for_selector("text=joined as web", timeout=MS)
-
-    async def framed_peer() -> str:
-        async with forwarding.connect_framed(server.address, chid="alice") as alice:
-            await alice.send(b"hello from alice")
-            sender, data = await asyncio.wait_for(alice.recv(), TIMEOUT)  # type: ignore[misc]
-            return f"{sender}: {data.decode()}"
-
     raw, _ = handshake(server, "carol")  # an nc-style client: broadcasts its bytes
     raw.sock.sendall(b"hello from carol")
     page.wait_for_selector("text=carol: hello from carol", timeout=MS)
-    page.wait_for_selector("text=carol joined", timeout=MS)
+    chat = subprocess.Popen(
+        [*FWD, "chat", relay(server), "--chid", "alice"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    said = threading.Condition()
 
-    # playwright's sync API belongs to this thread: the framed peer runs in another.
-    result: list[str] = []
-    t = threading.Thread(target=lambda: result.append(asyncio.run(framed_peer())))
-    t.start()
+    def read() -> None:
+        assert chat.stdout is not None
+        for text in chat.stdout:
+            with said:
+                lines.append(text.rstrip("\n"))
+                said.notify_all()
+
+    threading.Thread(target=read, daemon=True).start()
+    page.wait_for_selector("text=alice joined", timeout=MS)
+    assert chat.stdin is not None
+    chat.stdin.write("hello from alice\n")
+    chat.stdin.flush()
     page.wait_for_selector("text=alice: hello from alice", timeout=MS)
     page.fill("#say", "hi all")
     page.press("#say", "Enter")
-    t.join(TIMEOUT)
-    assert result == ["web: hi all"]
-    # The raw client got the payloads, no headers: alice's broadcast, then the tab's.
+    with said:
+        assert said.wait_for(lambda: "web: hi all" in lines, TIMEOUT), lines
+    # The raw client got the payloads, no headers: alice's line, then the tab's.
     assert raw.recv_exactly(22) == b"hello from alicehi all"
+    chat.stdin.close()
+    assert chat.wait(TIMEOUT) == 0
     page.wait_for_selector("text=alice left", timeout=MS)
     log = page.inner_text("#log")
-    assert log.index("carol joined") < log.index("carol: hello from carol") < log.index("alice: hello from alice")
+    assert (
+        log.index("carol joined")
+        < log.index("alice joined")
+        < log.index("alice: hello from alice")
+        < log.index("alice left")
+    )
     shot(page, "chat")
 
 

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import socket
+import ssl
 import threading
 import time
 import urllib.error
@@ -202,3 +203,25 @@ def test_an_allowed_origin_and_the_relays_own_page(start_server):
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(f"http://127.0.0.1:{port}/etc/passwd", timeout=TIMEOUT)
     assert missing.value.code == 404
+
+
+def test_wss_with_the_relays_certificate_talks_to_tls_tcp_sessions(start_server, pki_paths):
+    server = start_server("--ws-port", "0", "--tls-cert", pki_paths["cert"], "--tls-key", pki_paths["key"])
+    assert "wss://" in server.wait_for_log("listening for WebSockets.*").group(0)
+    context = ssl.create_default_context(cafile=pki_paths["ca"])
+    tls = context.wrap_socket(socket.create_connection(server.address, timeout=TIMEOUT), server_hostname="localhost")
+    tls.sendall(b'{"req":"hs1","chid":"tcp"}\n{"req":"hs3","recvers":["web"]}\n')
+    got = b""
+    while got.count(b"\n") < 2:
+        got += tls.recv(4096)
+    ws = connect(f"wss://localhost:{ws_port(server)}/ws", ssl=context, open_timeout=TIMEOUT)
+    ws.send(json.dumps({"req": "hs1", "chid": "web"}))
+    ws.send(json.dumps({"req": "hs3", "recvers": ["tcp"]}))
+    assert json.loads(ws.recv(TIMEOUT))["rsp"] == "hs2"
+    assert json.loads(ws.recv(TIMEOUT))["result"] == "OK"
+    ws.send(b"sealed by TLS both ways")
+    assert tls.recv(100) == b"sealed by TLS both ways"
+    tls.sendall(b"and back")
+    assert ws.recv(TIMEOUT) == b"and back"
+    ws.close()
+    tls.close()
