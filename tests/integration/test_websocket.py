@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import select
 import socket
 import ssl
 import threading
@@ -225,3 +226,37 @@ def test_wss_with_the_relays_certificate_talks_to_tls_tcp_sessions(start_server,
     assert ws.recv(TIMEOUT) == b"and back"
     ws.close()
     tls.close()
+
+
+def test_a_client_that_pings_and_never_reads_the_pongs_is_cut_off(relay):
+    """Pongs answer pings: a client that pings and never reads fills its own queue, and past the mark it goes."""
+    port = ws_port(relay)
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(4096)
+    assert head.startswith(b"HTTP/1.1 101")
+    payload = os.urandom(125)
+    ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + payload  # masked with a zero key
+    burst = ping * 512
+    sock.setblocking(False)
+    sent = 0
+    base = relay.rss_kib()
+    while sent < 512 << 20:
+        _, writable, _ = select.select([], [sock], [], 2.0)
+        if not writable:
+            break  # the relay stopped reading us: our socket stays full
+        try:
+            sent += sock.send(burst)
+        except BlockingIOError:
+            continue
+        except OSError:  # reset: cut off
+            break
+    assert sent < 128 << 20, f"the relay read {sent >> 20} MiB of pings without our reading a pong"
+    assert relay.rss_kib() - base < 64 << 10
+    assert "pings while not reading the answers" in relay.wait_for_log("session closed.*").group(0)
+    sock.close()

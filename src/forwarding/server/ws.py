@@ -116,6 +116,12 @@ class WsProtocol(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # the HTTP phase's deadline, then the pings
         self._pong_due = False
         self._peer = "?"
+        # Pongs answer pings whether or not the client reads: while our output is over
+        # its mark, the pongs queued count, and past the mark the client is cut off.
+        # (Pausing its reading instead would tie its sending to its reading, which
+        # deadlocks clients that send under the lock their reader needs.)
+        self._backlogged = False
+        self._pong_debt = 0
 
     # -- from the socket (or TLS) ---------------------------------------------------
 
@@ -147,10 +153,13 @@ class WsProtocol(asyncio.Protocol):
         return False
 
     def pause_writing(self) -> None:
+        self._backlogged = True
         if self._session is not None:
             self._session.pause_writing()
 
     def resume_writing(self) -> None:
+        self._backlogged = False
+        self._pong_debt = 0
         if self._session is not None:
             self._session.resume_writing()
 
@@ -257,6 +266,10 @@ class WsProtocol(asyncio.Protocol):
             session.data_received(data)
         elif opcode is Opcode.PONG:
             self._pong_due = False
+        elif opcode is Opcode.PING and self._backlogged:
+            self._pong_debt += len(frame.data) + 2  # its pong, queued behind what it does not read
+            if self._pong_debt > self._relay.config.write_buffer_high:
+                session.close(Outcome.FRAME_ERROR, "pings while not reading the answers", abort=True)
         elif opcode is Opcode.CLOSE:
             # websockets has queued its close frame in answer (or this answers ours):
             # the session ends, a WebSocket cannot go on receiving.
