@@ -13,6 +13,8 @@ import ssl
 from collections.abc import Iterable
 from typing import Any, Protocol
 
+from .layered import LayeredTransport
+
 
 class Encrypting(Protocol):
     def encrypt(self, data: bytes) -> None: ...
@@ -20,11 +22,10 @@ class Encrypting(Protocol):
     def flush(self) -> None: ...
 
 
-class BioTransport(asyncio.Transport):
+class BioTransport(LayeredTransport):
     def __init__(self, protocol: Encrypting, raw: asyncio.Transport, ssl_object: ssl.SSLObject) -> None:
-        super().__init__()
+        super().__init__(raw)
         self._protocol = protocol
-        self._raw = raw
         self._ssl_object = ssl_object
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
@@ -53,12 +54,6 @@ class BioTransport(asyncio.Transport):
             self._close_notify()
         self._raw.close()
 
-    def abort(self) -> None:
-        self._raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._raw.is_closing()
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "ssl_object":
             return self._ssl_object
@@ -68,19 +63,4 @@ class BioTransport(asyncio.Transport):
             # StreamReaderProtocol closes the connection at EOF when this is set
             # ("SSL cannot half-close"); this transport can.
             return default
-        return self._raw.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._raw.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._raw.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._raw.get_write_buffer_size()
+        return super().get_extra_info(name, default)

@@ -41,6 +41,7 @@ from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from ..layered import LayeredTransport
 from .outcome import Outcome
 from .session import Session
 
@@ -341,13 +342,12 @@ def _binary_header(n: int) -> bytes:
     return b"\x82\x7f" + n.to_bytes(8, "big")
 
 
-class WsTransport(asyncio.Transport):
+class WsTransport(LayeredTransport):
     """What a WebSocket session's Session writes to: messages out, the socket's flow control as it is."""
 
     def __init__(self, protocol: WsProtocol, raw: asyncio.Transport) -> None:
-        super().__init__()
+        super().__init__(raw)
         self._protocol = protocol
-        self._raw = raw
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self._protocol.send(bytes(data))
@@ -366,31 +366,7 @@ class WsTransport(asyncio.Transport):
         self._protocol.end_of_stream()
         self._raw.close()
 
-    def abort(self) -> None:
-        self._raw.abort()
-
-    def is_closing(self) -> bool:
-        return self._raw.is_closing()
-
     def get_extra_info(self, name: str, default: object = None) -> object:
         if name == "socket":  # its bytes are frames: never spliced
             return default
-        return self._raw.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._raw.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._raw.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._raw.is_reading()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._raw.set_write_buffer_limits(high, low)
-
-    def get_write_buffer_size(self) -> int:
-        return self._raw.get_write_buffer_size()
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._raw.get_write_buffer_limits()
+        return super().get_extra_info(name, default)
