@@ -121,6 +121,9 @@ def test_prometheus_metrics_count_sessions_bytes_and_reasons(start_server):
     assert live["forwarding_received_bytes_total"] == 1000
     assert live["forwarding_sent_bytes_total"] == 1000
     assert live["forwarding_spliced_sessions"] == 0  # 1000 bytes is no stream
+    # The process's own figures, beside the relay's: descriptors (4 clients, listeners, ...), memory, CPU.
+    assert live["process_open_fds"] >= 4 and live["process_max_fds"] >= live["process_open_fds"]
+    assert live["process_resident_memory_bytes"] > 1 << 20 and "process_cpu_seconds_total" in live
     ghost, _ = handshake(server, "ghost", ["nobody"])
     ghost.sock.sendall(b"lost")
     ghost.sock.shutdown(socket.SHUT_WR)
@@ -155,3 +158,13 @@ def test_a_second_relay_on_a_taken_port_or_admin_socket_says_so_and_leaves_the_f
         sock.sendall(b'{"cmd": "sessions"}\n')
         assert json.loads(sock.makefile("rb").readline())["ok"] is True
     handshake(first, "still-up", [])
+
+
+def test_an_open_relay_beyond_loopback_says_so_once_at_start(start_server):
+    open_relay = start_server("--host", "0.0.0.0")
+    line = open_relay.wait_for_log("WARNING open to anyone.*").group(0)
+    assert 'addresses="0.0.0.0:' in line and "--secret" in line
+    quiet = [start_server(), start_server("--host", "0.0.0.0", "--secret", "s")]  # loopback; a secret
+    for server in quiet:
+        server.wait_for_log("listening")
+        assert not any("open to anyone" in line for line in server.lines), server.lines

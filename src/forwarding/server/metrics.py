@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -85,6 +85,9 @@ class RelayCollector(Collector):
 async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(RelayCollector(relay))
+    # process_open_fds / process_max_fds (the descriptor limit docs/operations.md warns of),
+    # process_resident_memory_bytes, process_cpu_seconds_total: read from /proc at each scrape.
+    ProcessCollector(registry=registry)
     open_now: set[MetricsProtocol] = set()
     server = await relay.loop.create_server(lambda: MetricsProtocol(registry, open_now), host, port)
     bound = server.sockets[0].getsockname()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import ipaddress
 import logging
 import os
 import resource
@@ -155,6 +156,12 @@ class Relay:
                 "max_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             }
             log.info("listening", extra={"fields": fields})
+        public = [_address(h, p) for h, p in bound + ws_bound if not ipaddress.ip_address(h).is_loopback]
+        if public and not self.config.secret and not self.config.tls_client_ca:
+            # Said once, out loud: anyone who can reach these addresses can use the relay.
+            fields = {"addresses": ",".join(public), "fix": "--secret, or --tls-client-ca, or --host 127.0.0.1"}
+            log.warning("open to anyone: listening beyond loopback with no secret and no client certificates",
+                        extra={"fields": fields})  # fmt: skip
         for host, port in ws_bound:
             scheme = "wss" if self.ssl_context is not None else "ws"
             fields = {"address": _address(host, port), "url": f"{scheme}://{_address(host, port)}/ws"}
