@@ -22,6 +22,7 @@ from ..routing.local import LocalRouter
 from . import admin, splice
 from .admission import Admission
 from .deadlines import Deadlines
+from .notify import notify
 from .outcome import Outcome
 from .session import Session
 from .tls import TlsProtocol
@@ -319,8 +320,10 @@ async def serve_until_signalled(config: ServerConfig, reloader: Callable[[], Ser
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_logged, relay)
     await relay.start()
+    notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening")  # systemd Type=notify: the listeners are up
     log.debug("event loop", extra={"fields": {"loop": type(loop).__module__}})
     await stop.wait()
+    notify("STOPPING=1")
     log.info("stopping", extra={"fields": {"sessions": len(relay.sessions)}})
     await relay.stop()
     log.info("stopped", extra={"fields": {"connections": relay.stats.connections}})
@@ -344,10 +347,13 @@ def raise_open_file_limit(cap: int = 1 << 20) -> int:
 
 
 def _reload_logged(relay: Relay) -> None:
+    notify("RELOADING=1")
     try:
         relay.reload()
     except Exception as exc:  # a broken file must not take the relay down
         log.error("reload failed", extra={"fields": {"error": str(exc)}})
+    finally:
+        notify("READY=1")
 
 
 def fit_to_descriptors(config: ServerConfig, max_files: int) -> ServerConfig:
