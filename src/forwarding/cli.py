@@ -200,6 +200,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         help=f"on SIGTERM, how long to let queued bytes drain (default {d.shutdown_grace:g})",
     )
     p.add_argument(
+        "--drain-grace",
+        type=_positive,
+        default=d.drain_grace,
+        metavar="SECONDS",
+        help=f"on SIGUSR2 or admin drain: stop accepting, let sessions run this long, then exit "
+        f"(default {d.drain_grace:g})",
+    )
+    p.add_argument(
         "--secret",
         default=os.environ.get("FORWARDING_SECRET"),
         help="seal every handshake line with this secret (or set FORWARDING_SECRET, or use --config)",
@@ -294,6 +302,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         close_timeout=args.close_timeout,
         frame_timeout=args.frame_timeout,
         shutdown_grace=args.shutdown_grace,
+        drain_grace=args.drain_grace,
         splice=args.splice,
         splice_after=args.splice_after,
         admin_socket=args.admin_socket,
@@ -390,11 +399,11 @@ def _add_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     add_client_flags(p, "your name in the chat (default: generated)", wait=False, wait_timeout=False, e2e=False)
     p = sub.add_parser(
         "admin",
-        help="talk to a running relay's --admin-socket: sessions, close CHID, reload",
+        help="talk to a running relay's --admin-socket: sessions, close CHID, reload, drain",
         description="List a running relay's sessions, close one, or make it re-read its configuration.",
     )
     p.add_argument("socket", metavar="PATH", help="the relay's --admin-socket")
-    p.add_argument("action", choices=["sessions", "close", "reload"], help="what to do")
+    p.add_argument("action", choices=["sessions", "close", "reload", "drain"], help="what to do")
     p.add_argument("chid", nargs="?", help="for close: the session to close")
     p.add_argument("--json", action="store_true", help="print the relay's answer as JSON, for scripts")
 

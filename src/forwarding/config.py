@@ -81,6 +81,8 @@ class ServerConfig:
     and CPU. Small messages go faster the ordinary way: a splice round costs two
     system calls through Python and a pipe, more than one copy of a few bytes.
     """
+    drain_grace: float = 300.0
+    """Seconds a drain (SIGUSR2, ``forwarding admin PATH drain``) lets open sessions run before it stops."""
     shutdown_grace: float = 5.0
     """Seconds SIGTERM waits for queued bytes to drain before cutting connections."""
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
-from .conftest import TIMEOUT
+from .conftest import TIMEOUT, Client, handshake, metrics_port, scrape_metrics
+from .test_framed import Framed
+from .test_tools import FWD
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -39,3 +45,42 @@ def test_the_systemd_unit_verifies(tmp_path):
     out = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     problems = [line for line in out.stderr.splitlines() if "forwarding.service" in line]
     assert out.returncode == 0 and not problems, out.stderr
+
+
+def test_drain_stops_accepting_lets_sessions_finish_then_exits_zero(start_server, tmp_path):
+    admin = str(tmp_path / "admin.sock")
+    server = start_server("--drain-grace", "3", "--admin-socket", admin, "--metrics", "127.0.0.1:0")
+    rx, _ = handshake(server, "rx", ["tx"])
+    tx, _ = handshake(server, "tx", ["rx"])
+    idle = Framed(server, "idle")
+    pending = Client(server.address)  # accepted before the drain, handshakes during it
+    drain = subprocess.run([*FWD, "admin", admin, "drain"], capture_output=True, text=True, timeout=TIMEOUT)
+    assert drain.returncode == 0 and "draining" in drain.stdout, drain.stderr
+    event = idle.control()
+    assert event == {"event": "draining", "grace": 3}
+    server.wait_for_log("INFO draining")
+    assert scrape_metrics(metrics_port(server))["forwarding_draining"] == 1
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(server.address, timeout=TIMEOUT)
+    pending.send_line(b'{"req":"hs1","chid":"late"}')
+    pending.send_line(b'{"req":"hs3"}')
+    assert pending.read_line()["rsp"] == "hs2" and pending.read_line()["result"] == "OK"
+    pending.close()
+    data = os.urandom(4 << 20)  # a stream that runs on through the drain: nothing lost
+    threading.Thread(target=lambda: (tx.sock.sendall(data), tx.sock.shutdown(socket.SHUT_WR))).start()
+    assert hashlib.sha256(rx.recv_until_eof()).digest() == hashlib.sha256(data).digest()
+    rx.close()
+    tx.assert_closed()
+    # The idle session outlives the grace: it is closed, and says why.
+    close = idle.control()
+    assert close["event"] == "close" and close["code"] == "drained", close
+    idle.c.assert_closed()
+    assert server.proc.wait(TIMEOUT) == 0
+    assert 'reason="drained"' in server.closed_line("idle")
+
+
+def test_sigusr2_drains_too(start_server):
+    server = start_server("--drain-grace", "30")
+    server.proc.send_signal(signal.SIGUSR2)
+    server.wait_for_log("INFO draining")
+    assert server.proc.wait(TIMEOUT) == 0  # nothing open: it exits at once, not after the grace

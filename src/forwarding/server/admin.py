@@ -7,6 +7,7 @@ one JSON line; ``forwarding admin PATH ...`` speaks it (docs/operations.md):
 * ``{"cmd": "sessions"}`` -> ``{"ok": true, "sessions": [{chid, peer, recvers, mode, in, out, dropped, age, idle}]}``
 * ``{"cmd": "close", "chid": C}`` -> closes that session (outcome ``admin_closed``)
 * ``{"cmd": "reload"}`` -> re-reads the configuration (as SIGHUP does)
+* ``{"cmd": "drain"}`` -> stops accepting and exits once the sessions are gone or the drain grace is over (SIGUSR2)
 """
 
 from __future__ import annotations
@@ -122,4 +123,7 @@ class AdminProtocol(asyncio.Protocol):
             except Exception as exc:  # a bad file must not take the relay down
                 return {"ok": False, "desc": f"reload failed: {exc}"}
             return {"ok": True, "changed": changed, "needs_restart": restart}
-        return {"ok": False, "desc": f"unknown cmd {json.dumps(cmd)}; known: sessions, close, reload"}
+        if cmd == "drain":
+            relay.drain_requested.set()
+            return {"ok": True, "sessions": len(relay.sessions), "grace": relay.config.drain_grace}
+        return {"ok": False, "desc": f"unknown cmd {json.dumps(cmd)}; known: sessions, close, reload, drain"}

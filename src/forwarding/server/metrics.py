@@ -57,6 +57,9 @@ class RelayCollector(Collector):
                 if s.pump is not None:
                     spliced += 1
         yield GaugeMetricFamily("forwarding_connections", "Open client connections, handshaking or not.", connections)
+        yield GaugeMetricFamily(
+            "forwarding_draining", "1 while the relay drains (accepts nothing new), else 0.", int(relay.draining)
+        )
         sessions = GaugeMetricFamily("forwarding_sessions", "Established sessions, by mode.", labels=["mode"])
         sessions.add_metric(["raw"], raw)
         sessions.add_metric(["framed"], framed)

@@ -36,5 +36,7 @@ class Outcome(enum.Enum):
     """A visit's service refused it, or went offline before answering (docs/protocol.md, 13)."""
     ADMIN_CLOSED = "admin_closed"
     """An operator closed the session (``forwarding admin close``)."""
+    DRAINED = "drained"
+    """The server was draining (SIGUSR2, ``admin drain``) and the session outlived the grace period."""
     SHUTDOWN = "shutdown"
     """The server was stopping."""

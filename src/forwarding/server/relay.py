@@ -104,6 +104,9 @@ class Relay:
         self._refusal_summary: asyncio.TimerHandle | None = None
         self._idle = asyncio.Event()
         self._idle.set()
+        self.drain_requested = asyncio.Event()  # SIGUSR2 or `forwarding admin PATH drain`
+        self.draining = False
+        self._listeners: list[asyncio.AbstractServer] = []  # the client listeners, closed by a drain
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen on every configured host; return the bound ``(host, port)`` pairs."""
@@ -123,6 +126,7 @@ class Relay:
             backlog=4096,
         )
         self._servers.append(server)
+        self._listeners.append(server)
         for sock in server.sockets:
             # Accepted connections inherit it: TCP keepalive on every session at
             # no cost per connection.
@@ -141,6 +145,7 @@ class Relay:
                 ws_protocol, host=list(self.config.hosts), port=self.config.ws_port, reuse_address=True, backlog=4096
             )
             self._servers.append(ws_server)
+            self._listeners.append(ws_server)
             ws_bound = [sock.getsockname()[:2] for sock in ws_server.sockets]
         if self.config.admin_socket:
             self._servers.append(await admin.start(self, self.config.admin_socket))
@@ -169,20 +174,40 @@ class Relay:
             log.info("listening for WebSockets", extra={"fields": fields})
         return bound
 
-    async def stop(self) -> None:
+    async def drain(self, grace: float) -> None:
+        """Stop accepting and let the open sessions run, for at most ``grace`` seconds (lame duck).
+
+        Connections already accepted go on, their handshakes too; framed
+        sessions are told (a ``draining`` event). Returns when the last session
+        has closed or the grace has run out; :meth:`stop` closes what is left.
+        """
+        if self.draining:
+            return
+        self.draining = True
+        for server in self._listeners:
+            server.close()  # admin socket and metrics stay up: the operator watches the drain
+        log.info("draining", extra={"fields": {"sessions": len(self.sessions), "grace": grace}})
+        for session in list(self.sessions):
+            session.draining(grace)
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            log.info("drain grace over", extra={"fields": {"sessions": len(self.sessions)}})
+
+    async def stop(self, outcome: Outcome = Outcome.SHUTDOWN) -> None:
         """Stop accepting, close every session cleanly, cut what has not drained in time."""
         for server in self._servers:
             server.close()
         sessions = list(self.sessions)
         for i in range(0, len(sessions), CLOSE_BATCH):
             for session in sessions[i : i + CLOSE_BATCH]:
-                session.close(Outcome.SHUTDOWN)
+                session.close(outcome)
             await asyncio.sleep(0)  # let flushing and the closes under way go on meanwhile
         try:
             await asyncio.wait_for(self._idle.wait(), self.config.shutdown_grace)
         except TimeoutError:
             for session in list(self.sessions):
-                session.close(Outcome.SHUTDOWN, abort=True)
+                session.close(outcome, abort=True)
             await self._idle.wait()
         for server in self._servers:
             await server.wait_closed()
@@ -317,15 +342,27 @@ async def serve_until_signalled(config: ServerConfig, reloader: Callable[[], Ser
     # with KeyboardInterrupt instead of stopping it cleanly.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    loop.add_signal_handler(signal.SIGUSR2, relay.drain_requested.set)  # lame duck, as nats-server's
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_logged, relay)
     await relay.start()
     notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening")  # systemd Type=notify: the listeners are up
     log.debug("event loop", extra={"fields": {"loop": type(loop).__module__}})
-    await stop.wait()
+    asked = asyncio.ensure_future(stop.wait())
+    drain = asyncio.ensure_future(relay.drain_requested.wait())
+    await asyncio.wait([asked, drain], return_when=asyncio.FIRST_COMPLETED)
+    outcome = Outcome.SHUTDOWN
+    if drain.done() and not asked.done():
+        notify("STOPPING=1\nSTATUS=draining")
+        draining = asyncio.ensure_future(relay.drain(config.drain_grace))
+        await asyncio.wait([asked, draining], return_when=asyncio.FIRST_COMPLETED)  # SIGTERM cuts a drain short
+        draining.cancel()
+        outcome = Outcome.DRAINED
+    asked.cancel()
+    drain.cancel()
     notify("STOPPING=1")
     log.info("stopping", extra={"fields": {"sessions": len(relay.sessions)}})
-    await relay.stop()
+    await relay.stop(outcome)
     log.info("stopped", extra={"fields": {"connections": relay.stats.connections}})
 
 

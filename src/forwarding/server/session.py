@@ -375,6 +375,11 @@ class Session(asyncio.Protocol, Expiring):
         if self.outcome is None:
             self.close(Outcome.CLIENT_CLOSED, "both directions finished")
 
+    def draining(self, grace: float) -> None:
+        """The relay has begun to drain: a framed client hears it may go on for ``grace`` seconds."""
+        if self._frames is not None and self.established and self.outcome is None:
+            self._send_control({"event": "draining", "grace": grace})
+
     def presence(self, chid: str, online: bool) -> None:
         if self.outcome is None and self.established:
             self._write((presence_frame(chid, online),))

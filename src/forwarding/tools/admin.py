@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"reloaded; changed: {changed}")
         if reply.get("needs_restart"):
             print(f"not changed until a restart: {', '.join(reply['needs_restart'])}")
+    elif args.action == "drain":
+        print(f"draining: {reply['sessions']} connections may run for up to {reply['grace']:g} s, then the relay exits")
     else:
         print(f"closed {args.chid}")
     return 0
