@@ -256,6 +256,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--log-format", default="text", choices=logs.FORMATS, help="text: key=value lines; json: one object a line"
     )
+    p.add_argument("--log-file", metavar="PATH", help="log to this file instead of standard error; SIGUSR1 reopens it")
+    p.add_argument(
+        "--blur-addresses",
+        action="store_true",
+        help="show peers in logs and admin output as their /24 (IPv4) or /48 (IPv6), not the exact address",
+    )
     return p
 
 
@@ -306,6 +312,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         splice=args.splice,
         splice_after=args.splice_after,
         admin_socket=args.admin_socket,
+        blur_addresses=args.blur_addresses,
         metrics=args.metrics,
     )
 
@@ -517,7 +524,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(_run_tool(args))
     elif args.command == "serve":
         config = _serve_config(args)
-        logs.configure(args.log_level, args.log_format)
+        try:
+            logs.configure(args.log_level, args.log_format, args.log_file)
+        except OSError as exc:
+            print(f"forwarding serve: cannot open the log file: {exc}", file=sys.stderr)
+            sys.exit(1)
         from .server.relay import run
 
         try:

@@ -6,6 +6,7 @@ both formats carry the same fields and machines never parse prose.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import sys
@@ -46,10 +47,42 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(obj, ensure_ascii=False)
 
 
-def configure(level: str = "info", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+_file: logging.FileHandler | None = None
+
+
+def configure(level: str = "info", fmt: str = "text", path: str | None = None) -> None:
+    """Log to standard error, or to ``path`` (appended; :func:`reopen` after logrotate moves it)."""
+    global _file
+    handler: logging.Handler
+    if path is None:
+        handler = logging.StreamHandler(sys.stderr)
+    else:
+        handler = _file = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger("forwarding")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     root.propagate = False
+
+
+def reopen() -> None:
+    """Close and reopen the log file (SIGUSR1): logrotate has renamed it, new lines go to a new file."""
+    if _file is None:
+        return
+    _file.acquire()
+    try:
+        _file.close()
+        _file.stream = _file._open()
+    finally:
+        _file.release()
+    logging.getLogger("forwarding").info("log file reopened", extra={"fields": {"path": _file.baseFilename}})
+
+
+def blur_address(host: str) -> str:
+    """``192.0.2.77`` -> ``192.0.2.0/24``, an IPv6 address -> its /48: enough to tell networks apart, not people."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return "?"
+    prefix = 24 if address.version == 4 else 48
+    return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))

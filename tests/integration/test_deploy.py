@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,41 @@ def test_sigusr2_drains_too(start_server):
     server.proc.send_signal(signal.SIGUSR2)
     server.wait_for_log("INFO draining")
     assert server.proc.wait(TIMEOUT) == 0  # nothing open: it exits at once, not after the grace
+
+
+def test_the_log_file_is_reopened_on_sigusr1_after_logrotate_moved_it(tmp_path):
+    log = tmp_path / "relay.log"
+    proc = subprocess.Popen([*FWD, "serve", "--host", "127.0.0.1", "--port", "0", "--log-file", str(log)],
+                            stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        wait_for_text(log, "listening")
+        log.rename(tmp_path / "relay.log.1")  # what logrotate does
+        proc.send_signal(signal.SIGUSR1)
+        wait_for_text(log, "log file reopened")
+        proc.terminate()
+        assert proc.wait(TIMEOUT) == 0
+        assert "stopped" in log.read_text() and "stopped" not in (tmp_path / "relay.log.1").read_text()
+        assert proc.stderr is not None and proc.stderr.read() == ""  # nothing went to stderr
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def wait_for_text(path: Path, text: str) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not (path.exists() and text in path.read_text()):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.02)  # a file has nothing to wait on: poll it, within the bound
+
+
+def test_blurred_addresses_in_logs_and_admin(start_server, tmp_path):
+    admin = str(tmp_path / "admin.sock")
+    server = start_server("--blur-addresses", "--admin-socket", admin)
+    c, _ = handshake(server, "someone")
+    listing = subprocess.run(
+        [*FWD, "admin", admin, "sessions", "--json"], capture_output=True, text=True, timeout=TIMEOUT
+    )
+    assert '"peer": "127.0.0.0/24"' in listing.stdout, listing.stdout
+    c.close()
+    line = server.closed_line("someone")
+    assert 'peer="127.0.0.0/24"' in line and "127.0.0.1" not in line

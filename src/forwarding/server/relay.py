@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import cast
 
+from .. import logs
 from ..config import Mode, ServerConfig
 from ..protocol.sealing import Sealer
 from ..routing.local import LocalRouter
@@ -343,6 +344,7 @@ async def serve_until_signalled(config: ServerConfig, reloader: Callable[[], Ser
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     loop.add_signal_handler(signal.SIGUSR2, relay.drain_requested.set)  # lame duck, as nats-server's
+    loop.add_signal_handler(signal.SIGUSR1, logs.reopen)  # after logrotate has moved --log-file
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_logged, relay)
     await relay.start()

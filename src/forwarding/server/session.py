@@ -15,6 +15,7 @@ import logging
 import sys
 from typing import TYPE_CHECKING, Protocol, cast
 
+from ..logs import blur_address
 from ..protocol.chid import generate_chid
 from ..protocol.frames import (
     Frame,
@@ -182,14 +183,18 @@ class Session(asyncio.Protocol, Expiring):
         peer = transport.get_extra_info("peername")
         if peer:
             host, port = peer[0], peer[1]
-            self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            if self._config.blur_addresses:  # admission below still counts the exact address
+                self.peer = blur_address(host)
+            else:
+                self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._ip = peer[0] if peer else "?"
         refusal = self._relay.admission.admit(self._ip, self.opened_at)
         self._admitted = refusal is None
         self._relay.session_opened(self)
         if refusal is not None:
             self.outcome = Outcome.REFUSED
-            self.desc = refusal
+            # The client is told its own address; the log is blurred like the rest.
+            self.desc = refusal.replace(self._ip, self.peer) if self._config.blur_addresses else refusal
             if not self._relay.broadcast_mode:
                 transport.write(encode(hs4_fail(refusal, "refused")))
             self._close()

@@ -42,6 +42,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..layered import LayeredTransport
+from ..logs import blur_address
 from .outcome import Outcome
 from .session import Session
 
@@ -129,7 +130,10 @@ class WsProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._raw = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
-        self._peer = f"{peer[0]}:{peer[1]}" if peer else "?"
+        if not peer:
+            self._peer = "?"
+        else:
+            self._peer = blur_address(peer[0]) if self._relay.config.blur_addresses else f"{peer[0]}:{peer[1]}"
         # The whole upgrade (and TLS, under wss) must fit in the handshake timeout.
         limit = self._relay.config.limits.handshake_timeout
         self._timer = self._relay.loop.call_later(limit, self._upgrade_expired)
