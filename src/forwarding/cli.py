@@ -256,6 +256,11 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     p.add_argument(
         "--log-format", default="text", choices=logs.FORMATS, help="text: key=value lines; json: one object a line"
     )
+    p.add_argument(
+        "--status-token",
+        metavar="TOKEN",
+        help="require this token (?token= or Authorization: Bearer) for /status and /api/sessions on --metrics",
+    )
     p.add_argument("--log-file", metavar="PATH", help="log to this file instead of standard error; SIGUSR1 reopens it")
     p.add_argument(
         "--blur-addresses",
@@ -313,6 +318,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         splice_after=args.splice_after,
         admin_socket=args.admin_socket,
         blur_addresses=args.blur_addresses,
+        status_token=args.status_token,
         metrics=args.metrics,
     )
 

@@ -81,6 +81,8 @@ class ServerConfig:
     and CPU. Small messages go faster the ordinary way: a splice round costs two
     system calls through Python and a pipe, more than one copy of a few bytes.
     """
+    status_token: str | None = None
+    """If set, ``/status`` and ``/api/sessions`` on the metrics listener need ``?token=`` or a Bearer header."""
     blur_addresses: bool = False
     """Peers appear in logs and admin output as their /24 or /48 only (the wormhole relay's ``--blur-usage``)."""
     drain_grace: float = 300.0

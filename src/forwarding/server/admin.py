@@ -21,6 +21,7 @@ import socket
 from typing import TYPE_CHECKING, Any, cast
 
 from ..protocol.linebuffer import LineBuffer, LineTooLong
+from . import status
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -91,23 +92,7 @@ class AdminProtocol(asyncio.Protocol):
         cmd = req.get("cmd")
         relay = self._relay
         if cmd == "sessions":
-            now = relay.loop.time()
-            rows = [
-                {
-                    "chid": s.chid,
-                    "peer": s.peer,
-                    "recvers": None if s.recvers is None else list(s.recvers),
-                    "mode": "framed" if s.framed else "raw",
-                    "spliced": s.pump is not None,
-                    "in": s.bytes_in,
-                    "out": s.bytes_out,
-                    "dropped": s.dropped,
-                    "age": round(now - s.opened_at, 3),
-                    "idle": round(now - s.last_active, 3),
-                }
-                for s in relay.sessions
-                if s.established
-            ]
+            rows = status.sessions(relay)
             return {"ok": True, "sessions": sorted(rows, key=lambda r: str(r["chid"]))}
         if cmd == "close":
             chid = req.get("chid")

@@ -9,7 +9,9 @@ loop, so no lock and no thread are needed. The HTTP side is deliberately tiny
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import urllib.parse
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
@@ -17,6 +19,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector, generate_late
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from . import status
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -29,6 +32,11 @@ MAX_CONNECTIONS = 32
 REQUEST_TIMEOUT = 10.0
 """Seconds a metrics connection has to send its request; then it is closed."""
 CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+# The status page is one file: its own script and style, and requests to this listener only.
+PAGE_HEADERS = (
+    b"Content-Security-Policy: default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+    b"connect-src 'self'\r\nX-Content-Type-Options: nosniff\r\nCache-Control: no-cache\r\n"
+)
 
 
 class RelayCollector(Collector):
@@ -92,7 +100,7 @@ async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
     # process_resident_memory_bytes, process_cpu_seconds_total: read from /proc at each scrape.
     ProcessCollector(registry=registry)
     open_now: set[MetricsProtocol] = set()
-    server = await relay.loop.create_server(lambda: MetricsProtocol(registry, open_now), host, port)
+    server = await relay.loop.create_server(lambda: MetricsProtocol(registry, open_now, relay), host, port)
     bound = server.sockets[0].getsockname()
     address = f"[{bound[0]}]:{bound[1]}" if ":" in bound[0] else f"{bound[0]}:{bound[1]}"
     log.info("metrics", extra={"fields": {"address": address}})
@@ -100,9 +108,10 @@ async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:
 
 
 class MetricsProtocol(asyncio.Protocol):
-    """``GET /metrics`` -> the exposition text; anything else -> 404; then close."""
+    """``GET /metrics`` (the exposition text), ``/status`` and ``/api/sessions`` (server/status.py); then close."""
 
-    def __init__(self, registry: CollectorRegistry, open_now: set[MetricsProtocol]) -> None:
+    def __init__(self, registry: CollectorRegistry, open_now: set[MetricsProtocol], relay: Relay) -> None:
+        self._relay = relay
         self._registry = registry
         self._open = open_now
         self._buf = b""
@@ -131,18 +140,41 @@ class MetricsProtocol(asyncio.Protocol):
             if len(self._buf) > MAX_REQUEST:
                 self._respond(b"431 Request Header Fields Too Large", b"text/plain", b"request too large\n")
             return
-        request_line = self._buf.split(b"\n", 1)[0].split()
-        if len(request_line) >= 2 and request_line[0] == b"GET" and request_line[1].split(b"?")[0] == b"/metrics":
+        head = self._buf.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+        request_line = head.split(b"\n", 1)[0].split()
+        if len(request_line) < 2 or request_line[0] != b"GET":
+            self._respond(b"405 Method Not Allowed", b"text/plain", b"GET only\n")
+            return
+        path, _, query = request_line[1].partition(b"?")
+        if path == b"/metrics":
             self._respond(b"200 OK", CONTENT_TYPE, generate_latest(self._registry))
+        elif path in (b"/status", b"/api/sessions"):
+            if not self._authorised(head, query):
+                self._respond(b"401 Unauthorized", b"text/plain", b"this relay wants its --status-token: ?token=...\n")
+            elif path == b"/status":
+                self._respond(b"200 OK", b"text/html; charset=utf-8", status.page(), PAGE_HEADERS)
+            else:
+                self._respond(b"200 OK", b"application/json", status.api_body(self._relay))
         else:
-            self._respond(b"404 Not Found", b"text/plain", b"try GET /metrics\n")
+            self._respond(b"404 Not Found", b"text/plain", b"try GET /metrics, /status or /api/sessions\n")
 
-    def _respond(self, status: bytes, content_type: bytes, body: bytes) -> None:
+    def _authorised(self, head: bytes, query: bytes) -> bool:
+        token = self._relay.config.status_token
+        if not token:
+            return True
+        given = [v for k, _, v in (p.partition(b"=") for p in query.split(b"&")) if k == b"token"]
+        given += [line.split(b":", 1)[1].strip()[7:] for line in head.split(b"\n")[1:]
+                  if line.lower().startswith(b"authorization:") and b"bearer " in line.lower()]  # fmt: skip
+        want = token.encode()
+        return any(hmac.compare_digest(urllib.parse.unquote_to_bytes(g.strip()), want) for g in given)
+
+    def _respond(self, code: bytes, content_type: bytes, body: bytes, extra: bytes = b"") -> None:
         assert self._transport is not None
-        head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % (
-            status,
+        head = b"HTTP/1.1 %s\r\nContent-Type: %s\r\nContent-Length: %d\r\n%sConnection: close\r\n\r\n" % (
+            code,
             content_type,
             len(body),
+            extra,
         )
         self._transport.write(head + body)
         self._transport.close()

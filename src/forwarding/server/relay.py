@@ -26,6 +26,7 @@ from .deadlines import Deadlines
 from .notify import notify
 from .outcome import Outcome
 from .session import Session
+from .status import RecentCloses
 from .tls import TlsProtocol
 from .visits import Visits
 
@@ -92,6 +93,7 @@ class Relay:
         self.sessions: set[Session] = set()
         self.deadlines = Deadlines(self.loop)  # handshake and idle deadlines, bucketed
         self.stats = Stats()
+        self.recent_closes = RecentCloses()  # for /status
         self.admission = Admission(config.admission)
         # scrypt is deliberately slow: derive the key once, not per connection.
         self.sealer = Sealer.from_secret(config.secret) if config.secret else None
@@ -259,6 +261,7 @@ class Relay:
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
+        self.recent_closes.add(session)
         stats = self.stats
         stats.bytes_in += session.bytes_in
         stats.bytes_out += session.bytes_out

@@ -170,6 +170,13 @@ class Session(asyncio.Protocol, Expiring):
         return self._frames is not None
 
     @property
+    def transport_name(self) -> str:
+        """``tcp``, ``tls`` or ``websocket``: for the status page and admin."""
+        if self._layer is not None:
+            return "websocket"
+        return "tls" if self._relay.ssl_context is not None else "tcp"
+
+    @property
     def has_sent(self) -> bool:
         return self.bytes_in > 0
 
