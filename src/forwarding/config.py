@@ -83,6 +83,8 @@ class ServerConfig:
     """
     status_token: str | None = None
     """If set, ``/status`` and ``/api/sessions`` on the metrics listener need ``?token=`` or a Bearer header."""
+    malloc_tuning: bool = True
+    """Keep freed memory in glibc's heap (server/malloc.py): about 40% less CPU per GiB of TLS."""
     blur_addresses: bool = False
     """Peers appear in logs and admin output as their /24 or /48 only (the wormhole relay's ``--blur-usage``)."""
     drain_grace: float = 300.0

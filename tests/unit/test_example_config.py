@@ -16,7 +16,7 @@ def test_the_example_names_every_setting_and_holds_the_defaults():
     named = set(tomllib.loads(text)) | set(re.findall(r"^# ([a-z-]+) = ", text, re.M))  # set, or shown commented
     _, serve = cli._parser()
     flags = {a.option_strings[-1][2:] for a in serve._actions if a.option_strings and a.dest not in ("help", "config")}
-    flags = {"splice" if f == "no-splice" else f for f in flags}  # a flag that says "no": the key says "splice"
+    flags = {f.removeprefix("no-") for f in flags}  # a flag that says "no-X": the key is X (splice = false)
     assert flags - named == set(), "settings missing from deploy/forwarding.toml"
     assert named - flags == set(), "keys in deploy/forwarding.toml that serve does not know"
     # Read through the same path as `serve --config`, it gives the defaults exactly.

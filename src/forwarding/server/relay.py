@@ -20,7 +20,7 @@ from .. import logs
 from ..config import Mode, ServerConfig
 from ..protocol.sealing import Sealer
 from ..routing.local import LocalRouter
-from . import admin, splice
+from . import admin, malloc, splice
 from .admission import Admission
 from .deadlines import Deadlines
 from .notify import notify
@@ -412,6 +412,8 @@ def fit_to_descriptors(config: ServerConfig, max_files: int) -> ServerConfig:
 def run(config: ServerConfig, loop: str = "auto", reloader: Callable[[], ServerConfig] | None = None) -> None:
     max_files = raise_open_file_limit()
     config = fit_to_descriptors(config, max_files)
+    if config.malloc_tuning:
+        malloc.tune()
     fitted = None
     if reloader is not None:
         read = reloader
