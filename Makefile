@@ -38,11 +38,14 @@ integration: $(VENV)/.test-deps system-deps
 	$(BIN)/pytest -q tests/integration
 
 # The benchmark suite: tables into docs/performance.md, charts into docs/img/.
-# socat is the peer to beat; it is installed when it can be (root with apt).
+# socat and haproxy are the peers to beat; they are installed when they can be (root with apt).
 bench: $(VENV)/.test-deps
 	@command -v socat >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq socat >/dev/null) ; } || \
 		echo "socat is not installed and cannot be: its columns will be missing"
+	@command -v haproxy >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get install -y -qq haproxy >/dev/null || (apt-get update -qq && apt-get install -y -qq haproxy >/dev/null)) ; } || \
+		echo "haproxy is not installed and cannot be: its columns will be missing"
 	$(BIN)/python -m benchmarks.run
 
 clean:

@@ -267,6 +267,61 @@ class Socat:
         self.proc.wait(10)
 
 
+def have_haproxy() -> bool:
+    return shutil.which("haproxy") is not None
+
+
+HAPROXY_CONFIG = """global
+    nbthread 1
+    tune.bufsize 262144
+    maxconn 4000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 60s
+    timeout server 60s
+    option splice-request
+    option splice-response
+frontend bench
+    bind 127.0.0.1:{port}
+    default_backend target
+backend target
+    server target {host}:{target_port}
+"""
+
+
+class Haproxy:
+    """HAProxy tuned as its users tune it for TCP (docs/performance.md): splice both ways,
+    256-KiB buffers, one thread, to compare one core with one core."""
+
+    NAME = "haproxy (splice, 1 thread)"
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.port = free_port()
+        self.address = ("127.0.0.1", self.port)
+        self._dir = scratch_dir()
+        config = self._dir / "haproxy.cfg"
+        config.write_text(HAPROXY_CONFIG.format(port=self.port, host=target[0], target_port=target[1]))
+        self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
+        self.pid = self.proc.pid
+        deadline = time.monotonic() + 10
+        want = f":{self.port:04X} "
+        while time.monotonic() < deadline:  # listening, by the kernel's table (a probe would be a session)
+            with open("/proc/net/tcp") as f:
+                if any(want in row and row.split()[3] == "0A" for row in f):
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}: see its lines above")
+            time.sleep(0.02)
+        raise RuntimeError("haproxy did not start listening")
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        self.proc.wait(10)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
 def scratch_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="forwarding-bench-"))
 

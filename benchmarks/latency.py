@@ -13,7 +13,20 @@ import time
 from collections.abc import Callable
 from multiprocessing.queues import Queue
 
-from .common import Relay, Socat, Table, connect, fmt, have_socat, median, plain_handshake, rotated, tune
+from .common import (
+    Haproxy,
+    Relay,
+    Socat,
+    Table,
+    connect,
+    fmt,
+    have_haproxy,
+    have_socat,
+    median,
+    plain_handshake,
+    rotated,
+    tune,
+)
 
 MSG = 64
 SOCAT = "socat -b 262144"
@@ -82,11 +95,11 @@ def direct(rounds: int, warmup: int) -> list[float]:
     return samples
 
 
-def via_socat(rounds: int, warmup: int) -> list[float]:
+def via_socat(rounds: int, warmup: int, peer: type[Socat] | type[Haproxy] = Socat) -> list[float]:
     q: Queue[object] = mp.Queue()
     p = mp.Process(target=_echo_listening, args=(q,))
     p.start()
-    socat = Socat(_address(q))
+    socat = peer(_address(q))
     samples = _pingpong(connect(socat.address), rounds, warmup)
     p.join(30)
     socat.close()
@@ -117,6 +130,9 @@ def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
     socat = have_socat()
     if socat:
         per_run[SOCAT] = []
+    haproxy = have_haproxy()
+    if haproxy:
+        per_run[Haproxy.NAME] = []
     with Relay() as spliced, Relay("--no-splice") as plain:
         paths: dict[str, Callable[[], list[float]]] = {
             "direct": lambda: direct(rounds, warmup),
@@ -125,6 +141,8 @@ def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
         }
         if socat:
             paths[SOCAT] = lambda: via_socat(rounds, warmup)
+        if haproxy:
+            paths[Haproxy.NAME] = lambda: via_socat(rounds, warmup, Haproxy)
         for i in range(runs):
             for name in rotated(list(paths), i):
                 per_run[name].append(paths[name]())
@@ -140,6 +158,13 @@ def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
                 d[f"{p}_vs_socat"] = median(
                     percentile(mine, q) / percentile(ref, q) for mine, ref in zip(samples, per_run[SOCAT], strict=True)
                 )
+        if haproxy:
+            for p in ("p50", "p99"):
+                q = PERCENTILES[p]
+                d[f"{p}_vs_haproxy"] = median(
+                    percentile(mine, q) / percentile(ref, q)
+                    for mine, ref in zip(samples, per_run[Haproxy.NAME], strict=True)
+                )
         data[name] = d
     rows = [
         [
@@ -149,12 +174,14 @@ def run(rounds: int = 10000, warmup: int = 1000, runs: int = 6) -> Table:
             fmt(d["p99.9"], 0),
             fmt(d.get("p50_vs_socat")),
             fmt(d.get("p99_vs_socat")),
+            fmt(d.get("p50_vs_haproxy")),
+            fmt(d.get("p99_vs_haproxy")),
         ]
         for name, d in data.items()
     ]
     return Table(
         "3. Latency (64-byte ping-pong, round trip)",
-        ["path", "p50 µs", "p99 µs", "p99.9 µs", "p50 vs socat", "p99 vs socat"],
+        ["path", "p50 µs", "p99 µs", "p99.9 µs", "p50 vs socat", "p99 vs socat", "p50 vs haproxy", "p99 vs haproxy"],
         rows,
         [
             f"{rounds} round trips per run after {warmup} warm-up, {runs} runs, each path first in turn. "

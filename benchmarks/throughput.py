@@ -13,12 +13,14 @@ import socket
 from collections.abc import Callable
 
 from .common import (
+    Haproxy,
     Relay,
     Socat,
     Table,
     connect,
     cpu_seconds,
     fmt,
+    have_haproxy,
     have_socat,
     median,
     plain_handshake,
@@ -56,9 +58,9 @@ def direct(size: int) -> tuple[float, None]:
     return size / (last - first) / 1e6, None
 
 
-def via_socat(size: int) -> tuple[float, float]:
+def via_socat(size: int, peer: type[Socat] | type[Haproxy] = Socat) -> tuple[float, float]:
     with _listener() as listener:
-        socat = Socat(listener.getsockname())
+        socat = peer(listener.getsockname())
         p = mp.Process(target=_sender, args=(socat.address, size, False))
         p.start()
         conn, _ = listener.accept()
@@ -90,6 +92,9 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
     samples: dict[str, list[tuple[float, float | None]]] = {"direct": [], "relay": [], "relay --no-splice": []}
     if socat:
         samples["socat -b 262144"] = []
+    haproxy = have_haproxy()
+    if haproxy:
+        samples[Haproxy.NAME] = []
     with Relay() as spliced, Relay("--no-splice") as plain:
         paths: dict[str, Callable[[], tuple[float, float | None]]] = {
             "direct": lambda: direct(size),
@@ -98,10 +103,13 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
         }
         if socat:
             paths["socat -b 262144"] = lambda: via_socat(size)
+        if haproxy:
+            paths[Haproxy.NAME] = lambda: via_socat(size, Haproxy)
         for i in range(runs):  # alternate, so that drift hits every path alike
             for name in rotated(list(paths), i):
                 samples[name].append(paths[name]())
     ref_runs = samples.get("socat -b 262144")
+    ha_runs = samples.get(Haproxy.NAME)
     data: dict[str, dict[str, float | None]] = {}
     for name, rs in samples.items():
         cpus = [c for _, c in rs if c is not None]
@@ -113,6 +121,10 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
             d["vs_socat"] = median(m / r for (m, _), (r, _) in zip(rs, ref_runs, strict=True))
             cpu_ratios = [c / r for (_, c), (_, r) in zip(rs, ref_runs, strict=True) if c is not None and r]
             d["cpu_vs_socat"] = median(cpu_ratios) if cpu_ratios else None
+        if ha_runs:
+            d["vs_haproxy"] = median(m / r for (m, _), (r, _) in zip(rs, ha_runs, strict=True))
+            ha_cpu = [c / r for (_, c), (_, r) in zip(rs, ha_runs, strict=True) if c is not None and r]
+            d["cpu_vs_haproxy"] = median(ha_cpu) if ha_cpu else None
         data[name] = d
     rows = [
         [
@@ -122,6 +134,8 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
             fmt(d.get("vs_socat")),
             fmt(d["cpu_per_gib"], 3),
             fmt(d.get("cpu_vs_socat")),
+            fmt(d.get("vs_haproxy")),
+            fmt(d.get("cpu_vs_haproxy")),
         ]
         for name, d in data.items()
     ]
@@ -131,9 +145,14 @@ def run(size: int = 2 << 30, runs: int = 3) -> Table:
     ]
     if not socat:
         notes.append("socat is not installed: its column is missing (`apt-get install socat`).")
+    if haproxy:
+        notes.append("haproxy: `mode tcp`, `option splice-request`, `option splice-response`, `tune.bufsize 262144`, "
+                     "`nbthread 1` (one core against one core).")  # fmt: skip
+    else:
+        notes.append("haproxy is not installed: its columns are missing (`apt-get install haproxy`).")
     return Table(
         "1. One-to-one throughput",
-        ["path", "MB/s", "vs direct", "vs socat", "relay CPU s/GiB", "CPU vs socat"],
+        ["path", "MB/s", "vs direct", "vs socat", "relay CPU s/GiB", "CPU vs socat", "vs haproxy", "CPU vs haproxy"],
         rows,
         notes,
         data,
