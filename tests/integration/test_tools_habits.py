@@ -220,3 +220,12 @@ def test_installing_prints_no_warning(tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "Deprecat" not in out.stderr + out.stdout and "license" not in (out.stderr + out.stdout).lower()
+
+
+def test_a_bridge_target_without_a_port_and_a_connect_to_nobody_say_so(server):
+    out = run_tool("bridge", relay(server), "--chid", "office", "--target", "127.0.0.1", "--allow-any")
+    assert out.returncode == 1
+    assert out.stderr == "forwarding bridge: --target needs a port (127.0.0.1); e.g. 127.0.0.1:22\n"
+    sent = subprocess.run([*FWD, "connect", relay(server), "--to", "office"], input="hi\n", capture_output=True,
+                          text=True, timeout=TIMEOUT)  # fmt: skip
+    assert "forwarding connect: not online: office; what you send them is dropped (--wait waits)" in sent.stderr

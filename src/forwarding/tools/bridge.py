@@ -71,7 +71,10 @@ class _Refusals:
 
 class Bridge:
     def __init__(self, args: argparse.Namespace) -> None:
-        host, port = parse_address(args.target, default_port=0)
+        try:
+            host, port = parse_address(args.target, default_port=0)
+        except ValueError:
+            port = 0
         if not port:
             raise ToolError(f"--target needs a port ({args.target}); e.g. 127.0.0.1:22")
         self.args = args

@@ -36,6 +36,9 @@ async def _connect(args: argparse.Namespace) -> int:
     assert isinstance(ch, Channel)
     online = f"; online: {', '.join(ch.online)}" if ch.online is not None else ""
     say(args, f"joined as {ch.chid}{online}", always=not args.chid)
+    missing = [c for c in args.to or [] if c not in (ch.online or [])]
+    if missing:  # without --wait the relay drops what is sent to them (docs/protocol.md, 5)
+        say(args, f"not online: {', '.join(missing)}; what you send them is dropped (--wait waits)", always=True)
     try:
         if codec.sealed:
             # Prove the key at once: a bridge dials its target only then (docs/protocol.md,
