@@ -176,6 +176,21 @@ def recv_bytes(sock: socket.socket, size: int) -> tuple[float, float]:
     return first, time.monotonic()
 
 
+def wait_listening(proc: subprocess.Popen[bytes], ports: list[int], name: str) -> None:
+    """Until every port listens; by the kernel's table, not by connecting (a probe would be a session)."""
+    deadline = time.monotonic() + 15
+    want = [f":{port:04X} " for port in ports]
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            listening = [row for row in f if row.split()[3] == "0A"]
+        if all(any(w in row for row in listening) for w in want):
+            return
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}")
+        time.sleep(0.02)
+    raise RuntimeError(f"{name} did not start listening")
+
+
 class Relay:
     """``forwarding serve`` on a free loopback port, with limits raised for load."""
 
@@ -209,21 +224,7 @@ class Relay:
         ports = [self.port]
         if "--metrics" in args:
             ports.append(int(args[args.index("--metrics") + 1].rsplit(":", 1)[1]))
-        self._wait_listening(ports)
-
-    def _wait_listening(self, ports: list[int]) -> None:
-        # Poll the kernel's table, not the port: a probe connection would be a session.
-        deadline = time.monotonic() + 15
-        want = [f":{port:04X} " for port in ports]
-        while time.monotonic() < deadline:
-            with open("/proc/net/tcp") as f:
-                listening = [row for row in f if row.split()[3] == "0A"]
-            if all(any(w in row for row in listening) for w in want):
-                return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"relay exited with {self.proc.returncode}")
-            time.sleep(0.02)
-        raise RuntimeError("relay did not start listening")
+        wait_listening(self.proc, ports, "relay")
 
     def close(self) -> None:
         self.proc.terminate()
@@ -304,16 +305,7 @@ class Haproxy:
         config.write_text(HAPROXY_CONFIG.format(port=self.port, host=target[0], target_port=target[1]))
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
         self.pid = self.proc.pid
-        deadline = time.monotonic() + 10
-        want = f":{self.port:04X} "
-        while time.monotonic() < deadline:  # listening, by the kernel's table (a probe would be a session)
-            with open("/proc/net/tcp") as f:
-                if any(want in row and row.split()[3] == "0A" for row in f):
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"haproxy exited with {self.proc.returncode}: see its lines above")
-            time.sleep(0.02)
-        raise RuntimeError("haproxy did not start listening")
+        wait_listening(self.proc, [self.port], "haproxy")
 
     def close(self) -> None:
         if self.proc.poll() is None:

@@ -86,3 +86,28 @@ def blur_address(host: str) -> str:
         return "?"
     prefix = 24 if address.version == 4 else 48
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
+
+
+class Limited:
+    """At most ``per_minute`` lines a minute of one kind; the rest counted in one summary line.
+
+    For lines a stranger can cause (refusals): they must not flood the log."""
+
+    def __init__(self, logger: logging.Logger, message: str, per_minute: int = 20) -> None:
+        self._logger = logger
+        self._message = message
+        self._per_minute = per_minute
+        self._since = float("-inf")
+        self._logged = self._skipped = 0
+
+    def log(self, level: int, fields: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self._since >= 60:
+            if self._skipped:
+                self._logger.log(level, f"{self._message}: not logged", extra={"fields": {"count": self._skipped}})
+            self._since, self._logged, self._skipped = now, 0, 0
+        if self._logged < self._per_minute:
+            self._logged += 1
+            self._logger.log(level, self._message, extra={"fields": fields})
+        else:
+            self._skipped += 1

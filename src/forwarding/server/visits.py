@@ -123,20 +123,20 @@ def begin(self: Session, service_chid: str) -> None:
     service._send_control(visit_event(self.chid, visit.ticket))
 
 
-def accept(self: Session, ticket: str) -> bool:
-    """The acceptor's hs3 answers a visit: pair the two. ``False`` if it was refused instead."""
+def accept(self: Session, ticket: str) -> None:
+    """The acceptor's hs3 answers a visit: pair the two, or refuse the acceptor."""
     visit = self._relay.visits.take(ticket)
     if visit is None or visit.visitor.outcome is not None:
         desc = f"no visit is waiting with ticket {quote(ticket)}: the visitor left, timed out or was answered"
         self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
-        return False
+        return
     visitor = visit.visitor
     self.recvers = (visitor.chid,)
     if not self._router.claim(self):
         self._relay.visits.put_back(visit)
         desc = f"chid {quote(self.chid)} came online during the handshake"
         self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
-        return False
+        return
     self._registered = True
     visitor._visit = None
     router = self._router
@@ -149,7 +149,6 @@ def accept(self: Session, ticket: str) -> bool:
     self._peer, visitor._peer = visitor.chid, self.chid
     self._finish_handshake(peer=visitor.chid)
     visitor._finish_handshake(peer=self.chid)
-    return True
 
 
 def refuse(self: Session, ident: int, ticket: str, desc: str | None) -> None:

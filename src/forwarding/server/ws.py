@@ -30,7 +30,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from collections.abc import Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, cast
@@ -42,7 +41,7 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from ..layered import LayeredTransport
-from ..logs import blur_address
+from ..logs import Limited, blur_address
 from .outcome import Outcome
 from .session import Session
 
@@ -77,29 +76,8 @@ def _load_pages() -> dict[str, tuple[str, bytes]]:
 _PAGES: dict[str, tuple[str, bytes]] | None = None
 
 
-class _Refusals:
-    """At most ``PER_MINUTE`` log lines a minute for refused upgrades, then a count."""
-
-    PER_MINUTE = 20
-
-    def __init__(self) -> None:
-        self._since = 0.0
-        self._logged = self._skipped = 0
-
-    def log(self, peer: str, status: int, why: str) -> None:
-        now = time.monotonic()
-        if now - self._since >= 60:
-            if self._skipped:
-                log.info("websocket refusals not logged", extra={"fields": {"count": self._skipped}})
-            self._since, self._logged, self._skipped = now, 0, 0
-        if self._logged < self.PER_MINUTE:
-            self._logged += 1
-            log.info("websocket refused", extra={"fields": {"peer": peer, "status": status, "why": why}})
-        else:
-            self._skipped += 1
-
-
-REFUSALS = _Refusals()
+REFUSALS = Limited(log, "websocket refused")
+"""Refused upgrades, at most 20 lines a minute: strangers can cause them."""
 
 
 class WsProtocol(asyncio.Protocol):
@@ -190,7 +168,7 @@ class WsProtocol(asyncio.Protocol):
         if path == WS_PATH:
             why = self._origin_refusal(request.headers)
             if why is not None:
-                REFUSALS.log(self._peer, 403, why)
+                REFUSALS.log(logging.INFO, {"peer": self._peer, "status": 403, "why": why})
                 ws.send_response(ws.reject(403, why + "\n"))
                 return
             response = ws.accept(request)
@@ -198,7 +176,14 @@ class WsProtocol(asyncio.Protocol):
             if response.status_code == 101:
                 self._open_session()
             else:
-                REFUSALS.log(self._peer, response.status_code, response.body.decode(errors="replace").strip())
+                REFUSALS.log(
+                    logging.INFO,
+                    {
+                        "peer": self._peer,
+                        "status": response.status_code,
+                        "why": response.body.decode(errors="replace").strip(),
+                    },
+                )
             return
         global _PAGES
         if _PAGES is None:
@@ -239,7 +224,10 @@ class WsProtocol(asyncio.Protocol):
     def _upgrade_expired(self) -> None:
         self._timer = None
         if self._session is None and self._raw is not None:
-            REFUSALS.log(self._peer, 408, "no WebSocket upgrade within the handshake timeout")
+            REFUSALS.log(
+                logging.INFO,
+                {"peer": self._peer, "status": 408, "why": "no WebSocket upgrade within the handshake timeout"},
+            )
             self._raw.abort()
 
     # -- the session -------------------------------------------------------------------

@@ -33,6 +33,7 @@ from ..client.address import parse_address
 from ..client.connection import Channel, connect
 from ..client.framed import FramedChannel, Visit, connect_framed
 from ..errors import Error, IntegrityError
+from ..logs import Limited
 from .common import Codec, ToolError, e2e_key, tls_context
 
 log = logging.getLogger("forwarding.bridge")
@@ -44,29 +45,6 @@ PROOF_TIMEOUT = 10.0
 """Seconds a visitor has, once answered, to send a record that opens with the key."""
 CONNECT_TIMEOUT = 10.0
 """Seconds to reach the target."""
-REFUSALS_LOGGED = 20
-"""Refusal lines per minute; more are counted in one summary line (an intruder must not flood the log)."""
-
-
-class _Refusals:
-    """Rate-limited log lines for visits turned away."""
-
-    def __init__(self) -> None:
-        self._window = 0.0
-        self._logged = 0
-        self._skipped = 0
-
-    def log(self, chid: str, reason: str) -> None:
-        now = time.monotonic()
-        if now - self._window >= 60:
-            if self._skipped:
-                log.warning("visits refused and not logged", extra={"fields": {"count": self._skipped}})
-            self._window, self._logged, self._skipped = now, 0, 0
-        if self._logged < REFUSALS_LOGGED:
-            self._logged += 1
-            log.warning("visit refused", extra={"fields": {"visitor": chid, "reason": reason}})
-        else:
-            self._skipped += 1
 
 
 class Bridge:
@@ -87,9 +65,10 @@ class Bridge:
                 "(visitors must prove it), or --allow-any to let anyone on the relay reach the target"
             )
         self.visitors: set[asyncio.Task[None]] = set()
-        self._refusals = _Refusals()
+        # An intruder must not flood the log: 20 lines a minute, then a count.
+        self._refusals = Limited(log, "visit refused")
 
-    async def run(self, once: bool = False) -> None:
+    async def run(self) -> None:
         args = self.args
         backoff = BACKOFF_FIRST
         try:
@@ -114,8 +93,6 @@ class Bridge:
                     log.warning("service session ended", extra={"fields": {"error": str(exc)}})
                 finally:
                     await service.close()
-                if once:
-                    return
         finally:
             for task in list(self.visitors):
                 task.cancel()
@@ -136,7 +113,7 @@ class Bridge:
             async for visit in service.visits():
                 reason = self._turn_away(visit)
                 if reason is not None:
-                    self._refusals.log(visit.chid, reason)
+                    self._refusals.log(logging.WARNING, {"visitor": visit.chid, "reason": reason})
                     await service.refuse(visit.ticket, reason)
                     continue
                 task = asyncio.create_task(self._visitor(visit))
@@ -256,10 +233,6 @@ async def _proof(channel: Channel, codec: Codec) -> bytes:
 
 def _text(address: tuple[str, int]) -> str:
     return f"{address[0]}:{address[1]}"
-
-
-async def bridge(args: argparse.Namespace, once: bool = False) -> None:
-    await Bridge(args).run(once)
 
 
 def run(args: argparse.Namespace) -> int:
