@@ -8,6 +8,7 @@ import os
 import select
 import socket
 import ssl
+import struct
 import threading
 import time
 import urllib.error
@@ -260,3 +261,26 @@ def test_a_client_that_pings_and_never_reads_the_pongs_is_cut_off(relay):
     assert relay.rss_kib() - base < 64 << 10
     assert "pings while not reading the answers" in relay.wait_for_log("session closed.*").group(0)
     sock.close()
+
+
+def test_a_websocket_client_that_is_killed_leaves_and_its_tcp_peer_hears_the_end(relay):
+    tcp, _ = handshake(relay, "tcp", ["web"])
+    ws, _ = ws_join(relay, "web", ["tcp"])
+    ws.send(b"last words")
+    assert tcp.recv_exactly(10) == b"last words"
+    ws.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    ws.socket.close()  # RST, no close frame: as a killed browser
+    assert tcp.recv_until_eof() == b""  # its only sender left: FIN (docs/protocol.md, 5.1)
+    assert relay.closed_line("web").split('reason="')[1].split('"')[0] in ("reset", "client_closed")
+
+
+def test_sigterm_ends_websocket_sessions_with_a_close_frame(relay):
+    ws, _ = ws_join(relay, "web", None, mode="framed")
+    relay.proc.terminate()
+    parser = FrameParser(1 << 20, allow_chid=True)
+    (event,) = parser.feed(ws.recv(TIMEOUT))
+    assert json.loads(bytes(event.payload))["code"] == "shutdown"
+    with pytest.raises(ConnectionClosed) as closed:
+        ws.recv(TIMEOUT)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    assert relay.proc.wait(TIMEOUT) == 0
