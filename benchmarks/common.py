@@ -205,8 +205,11 @@ class Relay:
         "1000000",
     )
 
-    def __init__(self, *args: str, nofile: int | None = None, lean: bool = False) -> None:
-        """``lean``: run benchmarks/lean.py, the relay with timeouts and limits stubbed out."""
+    def __init__(self, *args: str, nofile: int | None = None, lean: bool = False, src: Path | None = None) -> None:
+        """``lean``: run benchmarks/lean.py, the relay with timeouts and limits stubbed out.
+
+        ``src``: run the ``forwarding`` package found there instead (another revision, benchmarks/ab.py).
+        """
         self.port = free_port()
         self.address = ("127.0.0.1", self.port)
         server = ["benchmarks.lean"] if lean else ["forwarding", "serve"]
@@ -217,7 +220,8 @@ class Relay:
             if nofile:
                 raise_nofile(nofile)
 
-        self.proc = subprocess.Popen(cmd, preexec_fn=limits, cwd=ROOT)
+        env = None if src is None else {**os.environ, "PYTHONPATH": str(src)}
+        self.proc = subprocess.Popen(cmd, preexec_fn=limits, cwd=ROOT, env=env)
         self.pid = self.proc.pid
         # The metrics listener comes up last, after prometheus-client is imported:
         # waiting for it keeps that import out of what a scenario measures.

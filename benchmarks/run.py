@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import bridge, fanout, features, handshakes, hostile, idle, latency, pairs, throughput, websocket
+from . import bridge, caps, fanout, features, handshakes, hostile, idle, latency, pairs, throughput, websocket
 from .common import Table, fmt, have_haproxy, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +43,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             "hostile": lambda: hostile.run(rounds=50, warmup=5, runs=1),
             "bridge": lambda: bridge.run(visitors=(1, 4), total=4 << 20, runs=1),
             "websocket": lambda: websocket.run(size=4 << 20, runs=1, rounds=50),
+            "caps": lambda: caps.run(runs=1, size=4 << 20, rounds=50),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -55,6 +56,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "hostile": lambda: hostile.run(),
         "bridge": lambda: bridge.run(),
         "websocket": lambda: websocket.run(),
+        "caps": lambda: caps.run(),
     }
 
 
@@ -159,6 +161,11 @@ def targets(tables: dict[str, Table]) -> Table | None:
         for path in ("websocket -> tcp", "tcp -> websocket"):
             ratio = wst.data[path]["vs_ordinary"] or 0.0
             check(f"{path} MB/s / tcp -> tcp on the ordinary path", ">= 0.5", ratio, ratio >= 0.5)
+    cp = tables.get("caps")
+    if cp:
+        for key in ("capped spliced", "capped --no-splice"):
+            acc = cp.data.get(key, {}).get("vs_cap")
+            check(f"{key} MB/s / the cap", "0.9 - 1.1", acc, None if acc is None else 0.9 <= acc <= 1.1)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})

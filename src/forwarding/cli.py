@@ -15,6 +15,7 @@ from .protocol.frames import MIN_MAX_FRAME
 from .protocol.handshake import HandshakeLimits
 from .protocol.sealing import new_secret
 from .server.admission import AdmissionLimits
+from .server.quotas import PERIODS, QuotaLimits
 
 
 def _positive(text: str) -> float:
@@ -40,6 +41,11 @@ def _size(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {text}")
     return value
+
+
+def _size_or_none(text: str) -> int:
+    """A byte count as :func:`_size`, or 0 for none."""
+    return 0 if text.strip() == "0" else _size(text)
 
 
 def _listen_address(text: str) -> tuple[str, int]:
@@ -244,6 +250,49 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         metavar="N",
         help=f"new connections a source may open at once (default {a.handshake_burst})",
     )
+    q = d.quotas
+    p.add_argument(
+        "--rate-per-session",
+        type=_size_or_none,
+        default=q.session_rate,
+        metavar="BYTES",
+        help="bytes per second one session may send, e.g. 10M; it is paced, nothing is lost (default 0: no cap)",
+    )
+    p.add_argument(
+        "--rate-per-ip",
+        type=_size_or_none,
+        default=q.ip_rate,
+        metavar="BYTES",
+        help="bytes per second the sessions of one source address (an IPv6 /64) may send in all (default 0: no cap)",
+    )
+    p.add_argument(
+        "--quota-per-chid",
+        type=_size_or_none,
+        default=q.chid_quota,
+        metavar="BYTES",
+        help="bytes one chid may send per --quota-period, e.g. 10G; then its session ends (default 0: no quota)",
+    )
+    p.add_argument(
+        "--quota-per-ip",
+        type=_size_or_none,
+        default=q.ip_quota,
+        metavar="BYTES",
+        help="bytes one source address may send per --quota-period, all its sessions together (default 0: no quota)",
+    )
+    p.add_argument(
+        "--quota-period",
+        choices=sorted(PERIODS),
+        default=q.period,
+        help=f"quotas start afresh every UTC hour or day (default {q.period})",
+    )
+    p.add_argument(
+        "--quota-max-tracked",
+        type=_count,
+        default=q.max_tracked,
+        metavar="N",
+        help=f"chids, and addresses, whose use the relay remembers per period; past it the idle ones that "
+        f"sent least are forgotten (default {q.max_tracked})",
+    )
     p.add_argument(
         "--loop",
         default="auto",
@@ -298,9 +347,18 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         handshake_rate=args.handshake_rate,
         handshake_burst=args.handshake_burst,
     )
+    quotas = QuotaLimits(
+        session_rate=args.rate_per_session,
+        ip_rate=args.rate_per_ip,
+        chid_quota=args.quota_per_chid,
+        ip_quota=args.quota_per_ip,
+        period=args.quota_period,
+        max_tracked=args.quota_max_tracked,
+    )
     return ServerConfig(
         hosts=tuple(args.host or ServerConfig().hosts),
         admission=admission,
+        quotas=quotas,
         secret=args.secret or None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,

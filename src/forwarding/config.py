@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 from .protocol.handshake import HandshakeLimits
 from .server.admission import AdmissionLimits
+from .server.quotas import QuotaLimits
 
 
 class Mode(enum.Enum):
@@ -93,6 +94,8 @@ class ServerConfig:
     """Seconds SIGTERM waits for queued bytes to drain before cutting connections."""
     admission: AdmissionLimits = field(default_factory=AdmissionLimits)
     """Connection caps and the per-address handshake rate."""
+    quotas: QuotaLimits = field(default_factory=QuotaLimits)
+    """Bandwidth caps and byte quotas on what clients send (server/quotas.py); none by default."""
     secret: str | None = None
     """Server secret: every handshake line is sealed with a key derived from it."""
     tls_cert: str | None = None

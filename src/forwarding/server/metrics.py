@@ -86,9 +86,35 @@ class RelayCollector(Collector):
         yield CounterMetricFamily(
             "forwarding_dropped_bytes", "Bytes not delivered (receiver offline, its input ended, or cut off).", dropped
         )
+        quotas = relay.quotas
+        yield CounterMetricFamily(
+            "forwarding_rate_limit_holds", "Times a rate cap paused reading a client.", quotas.holds
+        )
+        yield CounterMetricFamily(
+            "forwarding_rate_limit_held_seconds",
+            "Seconds of pauses rate caps imposed, all clients.",
+            quotas.held_seconds,
+        )
+        refused = CounterMetricFamily(
+            "forwarding_quota_refusals", "Handshakes refused: chid or address quota spent.", labels=["scope"]
+        )
+        cut = CounterMetricFamily("forwarding_quota_cuts", "Sessions ended mid-stream by a quota.", labels=["scope"])
+        for scope in ("chid", "ip"):
+            refused.add_metric([scope], quotas.refused[scope])
+            cut.add_metric([scope], quotas.cut[scope])
+        yield refused
+        yield cut
+        yield GaugeMetricFamily(
+            "forwarding_quota_tracked", "Chids, addresses and address buckets the quota ledger holds.", quotas.tracked()
+        )
+        yield CounterMetricFamily(
+            "forwarding_quota_forgotten",
+            "Idle ledger entries forgotten to stay within --quota-max-tracked (their use forgiven).",
+            quotas.chids.forgotten + quotas.ips.forgotten,
+        )
         yield CounterMetricFamily(
             "forwarding_discarded_bytes",
-            "Bytes clients sent after their session began closing, read and discarded.",
+            "Bytes clients sent that were read and discarded: after the close began, or past a quota.",
             discarded,
         )
 

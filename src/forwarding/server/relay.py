@@ -25,6 +25,7 @@ from .admission import Admission
 from .deadlines import Deadlines
 from .notify import notify
 from .outcome import Outcome
+from .quotas import Quotas
 from .session import Session
 from .status import RecentCloses
 from .tls import TlsProtocol
@@ -95,6 +96,7 @@ class Relay:
         self.stats = Stats()
         self.recent_closes = RecentCloses()  # for /status
         self.admission = Admission(config.admission)
+        self.quotas = Quotas(config.quotas)  # rate caps and byte quotas (none unless configured)
         # scrypt is deliberately slow: derive the key once, not per connection.
         self.sealer = Sealer.from_secret(config.secret) if config.secret else None
         # TLS runs inside each session (server/tls.py), after admission: refused
@@ -248,6 +250,7 @@ class Relay:
             ssl_context = tls_context(config)
         self.config, self.sealer, self.ssl_context = config, sealer, ssl_context
         self.admission.limits = new.admission
+        self.quotas.limits = new.quotas  # for sessions established from now on
         self.visits.limit = new.max_waiting_visits
         live = [name for name in changed if name not in RESTART_ONLY]  # names only: never a secret's value
         fields = {"changed": ",".join(live) or "-", "needs_restart": ",".join(restart) or "-"}

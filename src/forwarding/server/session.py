@@ -30,9 +30,10 @@ from ..protocol.frames import (
 from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
 from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
-from . import framed, visits
+from . import framed, metering, visits
 from .deadlines import Expiring
 from .outcome import Outcome
+from .quotas import Meter
 from .splice import Pump
 from .visits import Visit
 
@@ -103,6 +104,7 @@ class Session(asyncio.Protocol, Expiring):
         "_peer",
         "_layer",
         "_spliceable",
+        "_meter",
     )
 
     def __init__(self, relay: Relay, layer: Layer | None = None) -> None:
@@ -164,6 +166,7 @@ class Session(asyncio.Protocol, Expiring):
         self._service = False  # hs3 "service": visits, never data (server/visits.py)
         self._visit: Visit | None = None  # a visitor whose handshake waits for the service's answer
         self._peer: str | None = None  # one end of a visit: the other end, the only sender it takes
+        self._meter: Meter | None = None  # rate caps and quotas on what this client sends (server/quotas.py)
 
     @property
     def framed(self) -> bool:
@@ -229,6 +232,10 @@ class Session(asyncio.Protocol, Expiring):
     def _begin(self) -> None:
         """Start the session proper: broadcast right away, or the handshake."""
         if self._relay.broadcast_mode:
+            spent = self._relay.quotas.refusal("", self._ip)  # no handshake, so no FAIL: closed at once
+            if spent is not None:
+                self.close(Outcome.REFUSED, spent)
+                return
             self.chid = generate_chid()
             while not self._router.claim(self):  # pragma: no cover - 128 random bits
                 self.chid = generate_chid()
@@ -240,18 +247,10 @@ class Session(asyncio.Protocol, Expiring):
 
     def data_received(self, data: bytes) -> None:
         if self.established:
-            if self._frames is not None:
-                framed.frames_received(self, data)
-                return
-            # The hot path: no parsing, no copying, no logging.
-            n = len(data)
-            self.bytes_in += n
-            self.last_active = self._loop.time()
-            dropped = self._router.route(self, self.recvers, data)
-            if dropped:
-                self.dropped += dropped
-            if n >= self._splice_after:  # a streaming sender: try the zero-copy path
-                self._try_splice()
+            if self._meter is None:
+                self._forward(data)
+            else:
+                metering.received(self, data)  # forwards what the quotas allow, then paces
             return
         if self._hs is None or self.outcome is not None:
             self.discarded += len(data)  # after the close began: read only to be discarded
@@ -261,6 +260,27 @@ class Session(asyncio.Protocol, Expiring):
         if (self._waiting or self._visit) and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
             assert self._transport is not None
             self._transport.pause_reading()  # resumed at hs4 (_finish_handshake)
+
+    def _forward(self, data: bytes) -> None:
+        if self._frames is not None:
+            framed.frames_received(self, data)
+            return
+        # The hot path: no parsing, no copying, no logging.
+        n = len(data)
+        self.bytes_in += n
+        self.last_active = self._loop.time()
+        dropped = self._router.route(self, self.recvers, data)
+        if dropped:
+            self.dropped += dropped
+        if n >= self._splice_after:  # a streaming sender: try the zero-copy path
+            self._try_splice()
+
+    def _rate_ready(self) -> None:
+        metering.rate_ready(self)
+
+    @property
+    def _rate_held(self) -> bool:
+        return self._meter is not None and self._meter.holding
 
     def eof_received(self) -> bool:
         """The client sent FIN: it has finished sending, not receiving (docs/protocol.md, 5.1)."""
@@ -426,7 +446,8 @@ class Session(asyncio.Protocol, Expiring):
             framed.run_frames(self, backlog)  # may stop again, over the mark
         if not self._blockers and self.outcome is None and not self._waiting and self.pump is None:
             assert self._transport is not None
-            self._transport.resume_reading()
+            if not self._rate_held:
+                self._transport.resume_reading()
 
     # -- handshake -----------------------------------------------------------
 
@@ -489,6 +510,10 @@ class Session(asyncio.Protocol, Expiring):
         self.idle_timeout = event.timeout
         if event.framed:
             self._frames = FrameParser(self._config.limits.max_frame)
+        spent = self._relay.quotas.refusal(self.chid, self._ip)
+        if spent is not None:
+            self._refuse(Outcome.REFUSED, spent, "quota_exceeded")
+            return
         if event.accept is not None:
             visits.accept(self, event.accept)
             return
@@ -601,6 +626,7 @@ class Session(asyncio.Protocol, Expiring):
         if self._out_done:  # its last sender finished before hs4 was out
             self._shut_down_output(transport)
         self.last_active = self._loop.time()
+        self._meter = self._relay.quotas.meter(self.chid, self._ip, self.last_active)
         self._arm_idle_timer()
         if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
             fields = {
@@ -675,7 +701,7 @@ class Session(asyncio.Protocol, Expiring):
             self.pump = None
             if pump.source_ended:  # our client's FIN, and the pipe is drained: as eof_received
                 self._input_ended()
-            elif self.outcome is None and not self._blockers and self._transport is not None:
+            elif self.outcome is None and not self._blockers and self._transport is not None and not self._rate_held:
                 self._transport.resume_reading()
 
     def inbound_pump_stopped(self, pump: Pump) -> None:
@@ -837,6 +863,8 @@ class Session(asyncio.Protocol, Expiring):
         if self._awaiting_chid:
             self._awaiting_chid = False
             self._router.cancel_when_offline(self.chid, self._chid_freed)
+        if self._meter is not None:
+            self._meter.close()
 
     def _release_waiters(self) -> None:
         waiters, self._waiters = self._waiters, None

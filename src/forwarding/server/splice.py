@@ -108,6 +108,7 @@ class Pump:
         "_slow",
         "_slow_timer",
         "_closed",
+        "_paced",
     )
 
     def __init__(
@@ -161,6 +162,7 @@ class Pump:
         self._slow = slow_receiver_timeout
         self._slow_timer: asyncio.TimerHandle | None = None
         self._closed = False
+        self._paced = False  # a rate cap pauses the sender (server/quotas.py)
         loop.add_reader(self._src, self._readable)
 
     def _readable(self) -> None:
@@ -170,10 +172,18 @@ class Pump:
         # "until a short read", because uvloop turns an error event (a reset)
         # into one call of this reader and then stops its poll handle, so the
         # read that would have seen the reset must happen now.
-        if self._closed or self._stalled or self._source_done:
+        if self._closed or self._stalled or self._source_done or self._paced:
             return
+        meter = self.sender._meter
         for _ in range(_ROUNDS):
             want = self.pipe_size - self._queued
+            if meter is not None:
+                # Never past the quota, and in bursts a cap allows; a spent quota
+                # hands the sender back to the ordinary path, which ends it at its next byte.
+                want = meter.allowance(min(want, meter.burst))
+                if not want:
+                    self.stop()
+                    return
             try:
                 n = os.splice(self._src, self._pipe_w, want, flags=_FLAGS)
             except BlockingIOError:
@@ -188,8 +198,16 @@ class Pump:
             sender, receiver = self.sender, self.receiver
             sender.bytes_in += n
             receiver.bytes_out += n
-            sender.last_active = receiver.last_active = self._loop.time()
+            now = sender.last_active = receiver.last_active = self._loop.time()
+            if meter is not None:
+                delay = meter.charge(n, now)
+                if delay:
+                    self._paced = True
+                    self._loop.remove_reader(self._src)
+                    meter.hold(self._loop, delay, self._unpace)
             self._flush()
+            if self._paced:
+                return
             if self._queued or self._closed:  # stalled (the writer side goes on), or stopped
                 return
         # Rounds used up and the sender still streaming: go on after the other
@@ -198,6 +216,11 @@ class Pump:
 
     def _writable(self) -> None:
         self._flush()
+
+    def _unpace(self) -> None:
+        self._paced = False
+        if not (self._closed or self._stalled or self._source_done):
+            self._loop.add_reader(self._src, self._readable)
 
     def _drain(self) -> None:
         """Move what the pipe holds into the receiver's socket; raises when the socket stops taking it."""
@@ -226,7 +249,7 @@ class Pump:
         if self._stalled:
             return
         self._stalled = True
-        if not self._source_done:
+        if not self._source_done and not self._paced:
             self._loop.remove_reader(self._src)
         self._loop.add_writer(self._dst, self._writable)
         self._slow_timer = self._loop.call_later(self._slow, self.receiver.too_slow)
@@ -237,14 +260,15 @@ class Pump:
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None
-        if not self._source_done:
+        if not self._source_done and not self._paced:
             self._loop.add_reader(self._src, self._readable)
 
     def _end_of_source(self, error: str | None) -> None:
         """The sender closed or failed: deliver what the pipe holds, then end its session."""
         self._source_done = True
         self._source_error = error
-        self._loop.remove_reader(self._src)
+        if not self._paced:
+            self._loop.remove_reader(self._src)
         if not self._queued:
             self._finish_source()
 
@@ -273,8 +297,10 @@ class Pump:
         loop = self._loop
         if self._stalled:
             loop.remove_writer(self._dst)
-        elif not self._source_done:
+        elif not self._source_done and not self._paced:
             loop.remove_reader(self._src)
+        if self._paced and self.sender._meter is not None:
+            self.sender._meter.cancel_hold()  # the sender's own reads are paced from here
         if self._slow_timer is not None:
             self._slow_timer.cancel()
             self._slow_timer = None
