@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import bridge, caps, fanout, features, handshakes, hostile, idle, latency, pairs, throughput, websocket
+from . import bridge, caps, fanout, features, handshakes, hostile, idle, latency, pairs, throughput, tls, websocket
 from .common import Table, fmt, have_haproxy, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +44,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             "bridge": lambda: bridge.run(visitors=(1, 4), total=4 << 20, runs=1),
             "websocket": lambda: websocket.run(size=4 << 20, runs=1, rounds=50),
             "caps": lambda: caps.run(runs=1, size=4 << 20, rounds=50),
+            "tls": lambda: tls.run(sec[2], size=4 << 20, runs=1),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -57,6 +58,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "bridge": lambda: bridge.run(),
         "websocket": lambda: websocket.run(),
         "caps": lambda: caps.run(),
+        "tls": lambda: tls.run(sec[2]),
     }
 
 
@@ -161,6 +163,12 @@ def targets(tables: dict[str, Table]) -> Table | None:
         for path in ("websocket -> tcp", "tcp -> websocket"):
             ratio = wst.data[path]["vs_ordinary"] or 0.0
             check(f"{path} MB/s / tcp -> tcp on the ordinary path", ">= 0.5", ratio, ratio >= 0.5)
+    tt = tables.get("tls")
+    if tt:
+        before = tt.data["relay TLS --no-malloc-tuning"]["vs_tls_cpu"]
+        tuned = 1 / before if before else None
+        check("TLS CPU per GiB, as shipped / --no-malloc-tuning (before)", "<= 0.6", tuned,
+              None if tuned is None else tuned <= 0.6)  # fmt: skip
     cp = tables.get("caps")
     if cp:
         for key in ("capped spliced", "capped --no-splice"):
