@@ -1,5 +1,11 @@
 """Scenario 5 (and 7), handshakes per second: 8 connector processes, plain, sealed and TLS.
 
+Beside the relay, the same plain connectors against two peers (the relay's
+plain row is what to compare): HAProxy in front of benchmarks/replier.py
+(haproxy's CPU per session: accept, connect to the backend, relay the reply,
+close), and replier.py alone, a minimal uvloop server that answers the same
+bytes with a fixed reply (the floor of any uvloop server).
+
 Each connector opens a session (generated chid, one recver), waits for hs4, and
 resets the connection (no TIME_WAIT to exhaust the port range), over and over.
 Plain connectors write the client library's request bytes straight to a socket;
@@ -13,14 +19,29 @@ from __future__ import annotations
 import multiprocessing as mp
 import socket
 import struct
+import subprocess
+import sys
 import time
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
+from typing import Protocol
 
 from forwarding.protocol.client import ClientHandshake
 from forwarding.protocol.sealing import derive_key
 
-from .common import Relay, Security, Table, cpu_seconds, fmt, open_session
+from .common import (
+    ROOT,
+    Haproxy,
+    Relay,
+    Security,
+    Table,
+    cpu_seconds,
+    fmt,
+    free_port,
+    have_haproxy,
+    open_session,
+    wait_listening,
+)
 
 LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -69,7 +90,43 @@ def measure(security: Security, seconds: float, connectors: int = 8) -> dict[str
         return measure_on(relay, security, seconds, connectors)
 
 
-def measure_on(relay: Relay, security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:
+class Target(Protocol):
+    """Something connectors connect to, whose process's CPU is counted."""
+
+    address: tuple[str, int]
+    pid: int
+
+
+class Replier:
+    """benchmarks/replier.py answering with ``reply``."""
+
+    def __init__(self, reply: bytes) -> None:
+        self.port = free_port()
+        self.address = ("127.0.0.1", self.port)
+        cmd = [sys.executable, "-m", "benchmarks.replier", str(self.port), reply.hex()]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT)
+        self.pid = self.proc.pid
+        wait_listening(self.proc, [self.port], "replier")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+def relay_reply(relay: Relay) -> bytes:
+    """The relay's hs2 and hs4 for the plain connectors' request bytes."""
+    with socket.create_connection(relay.address, timeout=10) as sock:
+        sock.sendall(_PLAIN_REQUEST)
+        buf = b""
+        while buf.count(b"\n") < 2:
+            chunk = sock.recv(4096)
+            if not chunk:
+                raise EOFError("relay closed during the handshake")
+            buf += chunk
+    return buf
+
+
+def measure_on(relay: Target, security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:
     q: Queue[object] = mp.Queue()
     go = mp.Barrier(connectors + 1)  # every connector is up and has its key
     args = (relay.address, security, seconds, go, q)
@@ -85,13 +142,68 @@ def measure_on(relay: Relay, security: Security, seconds: float, connectors: int
     return {"per_second": total / seconds, "per_cpu_second": total / cpu if cpu else None}
 
 
-def run(securities: list[Security], seconds: float = 5.0) -> Table:
-    data = {s.name: measure(s, seconds) for s in securities}
-    rows = [[name, fmt(d["per_second"], 0), fmt(d["per_cpu_second"], 0)] for name, d in data.items()]
+def peers(seconds: float, runs: int) -> dict[str, list[dict[str, float | None]]]:
+    """The plain relay, HAProxy before the replier, and the replier alone, alternating ``runs`` times."""
+    plain = Security()
+    out: dict[str, list[dict[str, float | None]]] = {"plain": [], "uvloop replier": []}
+    with Relay() as relay:
+        reply = relay_reply(relay)
+        replier = Replier(reply)
+        haproxy = Haproxy(replier.address) if have_haproxy() else None
+        try:
+            targets: dict[str, Target] = {"plain": relay, "uvloop replier": replier}
+            if haproxy is not None:
+                out[HAPROXY] = []
+                targets[HAPROXY] = haproxy
+            for i in range(runs):
+                names = list(targets)
+                for name in names[i % len(names) :] + names[: i % len(names)]:
+                    out[name].append(measure_on(targets[name], plain, seconds))
+        finally:
+            if haproxy is not None:
+                haproxy.close()
+            replier.close()
+    return out
+
+
+HAPROXY = "haproxy -> replier"
+
+
+def run(securities: list[Security], seconds: float = 5.0, runs: int = 3) -> Table:
+    def med(rs: list[dict[str, float | None]], key: str) -> float | None:
+        values = sorted(v for r in rs if (v := r[key]) is not None)
+        return values[len(values) // 2] if values else None
+
+    paired = peers(seconds, runs)
+    data: dict[str, dict[str, float | None]] = {}
+    for name, rs in paired.items():
+        data[name] = {"per_second": med(rs, "per_second"), "per_cpu_second": med(rs, "per_cpu_second")}
+    for s in securities[1:]:
+        data[s.name] = measure(s, seconds)
+    ha = paired.get(HAPROXY)
+    if ha:
+        # CPU per session, the relay's over haproxy's, within each run: the drift cancels.
+        ratios = sorted(h / p for r, hr in zip(paired["plain"], ha, strict=True)
+                        if (p := r["per_cpu_second"]) and (h := hr["per_cpu_second"]))  # fmt: skip
+        data["plain"]["cpu_vs_haproxy"] = ratios[len(ratios) // 2] if ratios else None
+    rows = []
+    for name, d in data.items():
+        per_cpu = d["per_cpu_second"]
+        micro = 1e6 / per_cpu if per_cpu else None
+        rows.append([name, fmt(d["per_second"], 0), fmt(per_cpu, 0), fmt(micro, 0)])
+    notes = [
+        f"{seconds:g} s per set-up; plain, haproxy and the replier {runs} times alternating (medians), sealed and "
+        "TLS once. The connectors run on the same two cores as the relay. The replier (benchmarks/replier.py) "
+        "is a minimal uvloop server answering the same bytes with a fixed reply; haproxy's CPU is its own, not "
+        "its backend's.",
+    ]
+    cpu_vs = data["plain"].get("cpu_vs_haproxy")
+    if cpu_vs is not None:
+        notes.append(f"Plain relay CPU per handshake / haproxy's per session, within each run: {cpu_vs:.2f}.")
     return Table(
         "5. Handshakes per second (8 concurrent connectors)",
-        ["handshake", "per second", "per relay CPU second"],
+        ["handshake", "per second", "per CPU second", "µs of CPU each"],
         rows,
-        [f"{seconds:g} s per set-up. The connectors run on the same two cores as the relay."],
+        notes,
         data,
     )
