@@ -18,8 +18,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import latency, throughput
-from .common import ROOT, Relay, fmt, median
+from . import handshakes, latency, throughput
+from .common import ROOT, Relay, Security, fmt, median
 
 MEASURES = [
     ("spliced MB/s", 0),
@@ -28,6 +28,7 @@ MEASURES = [
     ("--no-splice CPU s/GiB", 3),
     ("latency p50 µs", 1),
     ("latency p99 µs", 1),
+    ("plain handshakes per CPU second", 0),
 ]
 
 
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=6)
     ap.add_argument("--size", type=int, default=512 << 20, help="bytes per stream")
     ap.add_argument("--rounds", type=int, default=5000, help="round trips per latency run")
+    ap.add_argument("--hs-seconds", type=float, default=2.0, help="seconds of plain handshakes per run")
     args = ap.parse_args(argv)
     mp.set_start_method("forkserver")
     with tempfile.TemporaryDirectory(prefix="forwarding-ab-") as tmp:
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.rev], cwd=ROOT, check=True,
                        capture_output=True)  # fmt: skip
         try:
-            rows = compare(tree / "src", args.runs, args.size, args.rounds)
+            rows = compare(tree / "src", args.runs, args.size, args.rounds, args.hs_seconds)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     print(f"| measure | {args.rev} | working tree | after / before |\n|---|---:|---:|---:|")
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compare(before_src: Path, runs: int, size: int, rounds: int) -> list[list[str]]:
+def compare(before_src: Path, runs: int, size: int, rounds: int, hs_seconds: float) -> list[list[str]]:
     samples: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     pooled: dict[str, list[float]] = {"before": [], "after": []}
     with (
@@ -72,6 +74,8 @@ def compare(before_src: Path, runs: int, size: int, rounds: int) -> list[list[st
                     got.setdefault(f"{name} MB/s", []).append(mbps)
                     got.setdefault(f"{name} CPU s/GiB", []).append(cpu)
                 pooled[side] += latency.via_relay(rounds, rounds // 10, plain)
+                rate = handshakes.measure_on(spliced, Security(), hs_seconds)["per_cpu_second"]
+                got.setdefault("plain handshakes per CPU second", []).append(rate or 0.0)
     for side, lat in pooled.items():
         samples[side]["latency p50 µs"] = [latency.percentile(lat, 50)]
         samples[side]["latency p99 µs"] = [latency.percentile(lat, 99)]

@@ -147,3 +147,23 @@ def test_an_emptied_far_bucket_gives_back_its_timer_a_near_one_is_kept():
         assert d.buckets == 0 and fired == []
 
     run(main)
+
+
+def test_buckets_within_keep_empty_share_one_timer_among_connections_that_come_and_go():
+    fired: list[tuple[str, float]] = []
+
+    async def main(loop: asyncio.AbstractEventLoop, d: Deadlines) -> None:
+        d.keep_empty = 11.0  # the relay's: its handshake timeout and a second
+        now = loop.time()
+        for i in range(100):  # one connection after another, each closed before the next
+            item = Item(f"hs{i}", fired)
+            d.add(item, now + 10)
+            d.discard(item)
+        assert d.buckets == 1  # one timer for the tick, not a hundred created and cancelled
+        far = Item("idle", fired)
+        d.add(far, now + 3600)
+        d.discard(far)
+        assert d.buckets == 1  # beyond keep_empty: given back at once
+        assert fired == []
+
+    run(main)

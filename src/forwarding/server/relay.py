@@ -92,7 +92,8 @@ class Relay:
         self.visits = Visits(config.max_waiting_visits)  # services and their unanswered visits
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
-        self.deadlines = Deadlines(self.loop)  # handshake and idle deadlines, bucketed
+        # Handshake and idle deadlines, bucketed; a handshake's bucket outlives its last connection.
+        self.deadlines = Deadlines(self.loop, keep_empty=config.limits.handshake_timeout + 1.0)
         self.stats = Stats()
         self.recent_closes = RecentCloses()  # for /status
         self.admission = Admission(config.admission)
@@ -250,6 +251,7 @@ class Relay:
             ssl_context = tls_context(config)
         self.config, self.sealer, self.ssl_context = config, sealer, ssl_context
         self.admission.limits = new.admission
+        self.deadlines.keep_empty = new.limits.handshake_timeout + 1.0
         self.quotas.limits = new.quotas  # for sessions established from now on
         self.visits.limit = new.max_waiting_visits
         live = [name for name in changed if name not in RESTART_ONLY]  # names only: never a secret's value

@@ -26,21 +26,21 @@ class RecentCloses:
     """The last ``RECENT`` closed sessions, for the status page; the relay appends as they close."""
 
     def __init__(self) -> None:
-        self.rows: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT)
+        # Tuples, made into rows only when asked for: every close pays for this.
+        self._closes: collections.deque[tuple[float, str, str, int, int]] = collections.deque(maxlen=RECENT)
 
     def add(self, session: Session) -> None:
         if not session.chid:  # a connection refused before any hs1: counted in outcomes, not listed
             return
         outcome = session.outcome.value if session.outcome is not None else "?"
-        self.rows.append(
-            {
-                "at": round(time.time(), 3),
-                "chid": session.chid,
-                "outcome": outcome,
-                "in": session.bytes_in,
-                "out": session.bytes_out,
-            }  # fmt: skip
-        )
+        self._closes.append((time.time(), session.chid, outcome, session.bytes_in, session.bytes_out))
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The closes, newest first."""
+        return [
+            {"at": round(at, 3), "chid": chid, "outcome": outcome, "in": n_in, "out": n_out}
+            for at, chid, outcome, n_in, n_out in reversed(self._closes)
+        ]
 
 
 def row(session: Session, now: float) -> dict[str, Any]:
@@ -83,7 +83,7 @@ def snapshot(relay: Relay) -> dict[str, Any]:
         "bytes_in": stats.bytes_in + sum(s.bytes_in for s in relay.sessions),
         "bytes_out": stats.bytes_out + sum(s.bytes_out for s in relay.sessions),
         "closed": {outcome.value: n for outcome, n in sorted(stats.outcomes.items(), key=lambda kv: kv[0].value)},
-        "recent_closes": list(relay.recent_closes.rows)[::-1],
+        "recent_closes": relay.recent_closes.rows(),
         "rows": rows,
     }
 
