@@ -287,10 +287,11 @@ defaults
     timeout server 60s
     option splice-request
     option splice-response
-frontend bench
+"""
+HAPROXY_PROXY = """frontend bench{i}
     bind 127.0.0.1:{port}
-    default_backend target
-backend target
+    default_backend target{i}
+backend target{i}
     server target {host}:{target_port}
 """
 
@@ -301,15 +302,21 @@ class Haproxy:
 
     NAME = "haproxy (splice, 1 thread)"
 
-    def __init__(self, target: tuple[str, int]) -> None:
-        self.port = free_port()
+    def __init__(self, *targets: tuple[str, int]) -> None:
+        """One frontend per target, all in the one process; ``address`` is the first's."""
+        self.ports = [free_port() for _ in targets]
+        self.port = self.ports[0]
         self.address = ("127.0.0.1", self.port)
         self._dir = scratch_dir()
         config = self._dir / "haproxy.cfg"
-        config.write_text(HAPROXY_CONFIG.format(port=self.port, host=target[0], target_port=target[1]))
+        proxies = [
+            HAPROXY_PROXY.format(i=i, port=port, host=host, target_port=target_port)
+            for i, (port, (host, target_port)) in enumerate(zip(self.ports, targets, strict=True))
+        ]
+        config.write_text(HAPROXY_CONFIG + "".join(proxies))
         self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(config)], stdout=subprocess.DEVNULL)
         self.pid = self.proc.pid
-        wait_listening(self.proc, [self.port], "haproxy")
+        wait_listening(self.proc, self.ports, "haproxy")
 
     def close(self) -> None:
         if self.proc.poll() is None:

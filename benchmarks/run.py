@@ -114,13 +114,25 @@ def targets(tables: dict[str, Table]) -> Table | None:
         verdict = "n/a" if ok is None else ("met" if ok else "**not met**")
         rows.append([what, target, fmt(value, digits), verdict])
 
+    def strongest(d: dict[str, float | None], metric: str, higher_is_better: bool = False) -> tuple[str, float] | None:
+        """The relay's ratio against the stronger of socat and haproxy for ``metric`` (the worse ratio for it)."""
+        got = [(peer, v) for peer in ("socat", "haproxy") if (v := d.get(metric.format(peer=peer))) is not None]
+        if not got:
+            return None
+        return min(got, key=lambda pv: pv[1]) if higher_is_better else max(got, key=lambda pv: pv[1])
+
     tp = tables.get("throughput")
-    socat = tp.data.get("socat -b 262144") if tp else None
-    if tp and socat:
+    if tp:
         relay = tp.data["relay"]
-        mb, cpu = relay["vs_socat"] or 0.0, relay["cpu_vs_socat"] or 0.0
-        check("one-to-one MB/s, relay / socat", ">= 1.2", mb, mb >= 1.2)
-        check("one-to-one CPU per GiB, relay / socat", "<= 0.5", cpu, cpu <= 0.5)
+        mb_peer = strongest(relay, "vs_{peer}", higher_is_better=True)
+        cpu_peer = strongest(relay, "cpu_vs_{peer}")
+        if mb_peer:
+            name, v = mb_peer
+            check(f"one-to-one MB/s, relay / {name} (the stronger peer)", ">= 1.3", v, v >= 1.3)
+        if cpu_peer:
+            name, v = cpu_peer
+            check(f"one-to-one CPU per GiB, relay / {name}", "<= 0.5", v, v <= 0.5)
+    socat = tp.data.get("socat -b 262144") if tp else None
     fo = tables.get("fanout")
     if fo:
         for name, d in fo.data.items():
@@ -130,10 +142,12 @@ def targets(tables: dict[str, Table]) -> Table | None:
                 cpu = (d["relay_cpu_per_gib"] or 0) / (socat["cpu_per_gib"] or 1)
                 check(f"fan-out {name} CPU per delivered GiB / socat's per GiB", "<= 1.0", cpu, cpu <= 1.0)
     lat = tables.get("latency")
-    if lat and "socat -b 262144" in lat.data:
+    if lat:
         for p in ("p50", "p99"):
-            ratio = lat.data["relay"][f"{p}_vs_socat"] or 0.0
-            check(f"latency {p}, relay / socat", "<= 1.0", ratio, ratio <= 1.0)
+            lat_peer = strongest(lat.data["relay"], f"{p}_vs_{{peer}}")
+            if lat_peer:
+                name, v = lat_peer
+                check(f"latency {p}, relay / {name} (the stronger peer)", "<= 1.0", v, v <= 1.0)
     idle_t = tables.get("idle")
     if idle_t:
         for n, d in idle_t.data.items():
@@ -149,6 +163,15 @@ def targets(tables: dict[str, Table]) -> Table | None:
     if hs and "plain" in hs.data:
         rate = hs.data["plain"]["per_cpu_second"]
         check("plain handshakes per relay CPU second", ">= 5000", rate, rate is not None and rate >= 5000, 0)
+        hs_vs = hs.data["plain"].get("cpu_vs_haproxy")
+        if hs_vs is not None:
+            check("relay CPU per plain handshake / haproxy's per session", "<= 1.0", hs_vs, hs_vs <= 1.0)
+    pr = tables.get("pairs")
+    if pr and "haproxy" in pr.data and "relay plain" in pr.data:
+        ha, mine = pr.data["haproxy"]["mbps"], pr.data["relay plain"]["mbps"]
+        pairs_vs = mine / ha if ha and mine else None
+        check("200 pairs total MB/s, relay plain / haproxy", ">= 1.0", pairs_vs,
+              None if pairs_vs is None else pairs_vs >= 1.0)  # fmt: skip
     ft = tables.get("features")
     if ft and ft.data:
         worst = max(ft.data.items(), key=lambda kv: kv[1]["cost"] or 0.0)
