@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=512 << 20, help="bytes per stream")
     ap.add_argument("--rounds", type=int, default=5000, help="round trips per latency run")
     ap.add_argument("--hs-seconds", type=float, default=2.0, help="seconds of plain handshakes per run")
+    ap.add_argument(
+        "--spliced-only", action="store_true", help="only the spliced one-to-one stream (splice experiments)"
+    )
     args = ap.parse_args(argv)
     mp.set_start_method("forkserver")
     with tempfile.TemporaryDirectory(prefix="forwarding-ab-") as tmp:
@@ -46,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["git", "worktree", "add", "--detach", str(tree), args.rev], cwd=ROOT, check=True,
                        capture_output=True)  # fmt: skip
         try:
-            rows = compare(tree / "src", args.runs, args.size, args.rounds, args.hs_seconds)
+            rows = compare(tree / "src", args.runs, args.size, args.rounds, args.hs_seconds, args.spliced_only)
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
     print(f"| measure | {args.rev} | working tree | after / before |\n|---|---:|---:|---:|")
@@ -55,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def compare(before_src: Path, runs: int, size: int, rounds: int, hs_seconds: float) -> list[list[str]]:
+def compare(
+    before_src: Path, runs: int, size: int, rounds: int, hs_seconds: float, spliced_only: bool = False
+) -> list[list[str]]:
     samples: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     pooled: dict[str, list[float]] = {"before": [], "after": []}
     with (
@@ -73,14 +78,20 @@ def compare(before_src: Path, runs: int, size: int, rounds: int, hs_seconds: flo
                     mbps, cpu = throughput.via_relay(size, relay)
                     got.setdefault(f"{name} MB/s", []).append(mbps)
                     got.setdefault(f"{name} CPU s/GiB", []).append(cpu)
+                    if spliced_only:
+                        break
+                if spliced_only:
+                    continue
                 pooled[side] += latency.via_relay(rounds, rounds // 10, plain)
                 rate = handshakes.measure_on(spliced, Security(), hs_seconds)["per_cpu_second"]
                 got.setdefault("plain handshakes per CPU second", []).append(rate or 0.0)
-    for side, lat in pooled.items():
+    for side, lat in pooled.items() if not spliced_only else ():
         samples[side]["latency p50 µs"] = [latency.percentile(lat, 50)]
         samples[side]["latency p99 µs"] = [latency.percentile(lat, 99)]
     rows = []
     for key, digits in MEASURES:
+        if key not in samples["after"]:
+            continue
         b, a = samples["before"][key], samples["after"][key]
         ratio = median(y / x for x, y in zip(b, a, strict=True) if x > 0)
         rows.append([key, fmt(median(b), digits), fmt(median(a), digits), fmt(ratio, 3)])
