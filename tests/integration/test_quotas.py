@@ -197,3 +197,28 @@ def test_a_reload_sets_quotas_for_new_sessions_only(start_server, tmp_path, forw
     assert b.recv_exactly(1000) == b"x" * 1000
     new.assert_closed()
     assert closed_fields(server, "new")["reason"] == "quota_exceeded"
+
+
+def test_a_websocket_sender_is_paced_and_cut_by_its_quota_as_a_tcp_one(start_server):
+    from .test_websocket import ws_join
+
+    quota = 3 << 20
+    server = start_server("--ws-port", "0", "--rate-per-session", str(RATE), "--quota-per-chid", str(quota))
+    b, _ = handshake(server, "b", ["web"])
+    ws, _ = ws_join(server, "web", ["b"])
+    data = os.urandom(quota + (1 << 20))
+    arrivals = Arrivals(b, quota)
+
+    def send() -> None:
+        for i in range(0, len(data), 64 << 10):
+            try:
+                ws.send(data[i : i + (64 << 10)])
+            except Exception:  # the relay ended the session at the quota
+                return
+
+    threading.Thread(target=send, daemon=True).start()
+    arrivals.join()
+    assert arrivals.total == quota and arrivals.digest.digest() == hashlib.sha256(data[:quota]).digest()
+    assert steady_rate(arrivals.marks) == pytest.approx(RATE, rel=0.1)  # counted in message payload bytes
+    line = server.wait_for_log(r'session closed chid="web".*').group(0)
+    assert 'reason="quota_exceeded"' in line and f"in={quota} " in line, line
