@@ -276,7 +276,7 @@ def have_haproxy() -> bool:
     return shutil.which("haproxy") is not None
 
 
-HAPROXY_CONFIG = """global
+HAPROXY_BASE = """global
     nbthread 1
     tune.bufsize 262144
     maxconn 4000
@@ -285,9 +285,13 @@ defaults
     timeout connect 5s
     timeout client 60s
     timeout server 60s
-    option splice-request
+"""
+HAPROXY_CONFIG = (
+    HAPROXY_BASE
+    + """    option splice-request
     option splice-response
 """
+)
 HAPROXY_PROXY = """frontend bench{i}
     bind 127.0.0.1:{port}
     default_backend target{i}

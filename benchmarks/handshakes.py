@@ -74,6 +74,12 @@ def _plain_session(address: tuple[str, int]) -> socket.socket:
     sock.settimeout(10)  # a relay that stops answering fails the run instead of hanging it
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.connect(address)
+    _PLAIN.receive_hs4(_request(sock).split(b"\n")[1])  # raises unless hs4 is OK
+    return sock
+
+
+def _request(sock: socket.socket) -> bytes:
+    """Send the plain request bytes; return the two reply lines (hs2, hs4)."""
     sock.sendall(_PLAIN_REQUEST)
     buf = b""
     while buf.count(b"\n") < 2:
@@ -81,8 +87,7 @@ def _plain_session(address: tuple[str, int]) -> socket.socket:
         if not chunk:
             raise EOFError("relay closed during the handshake")
         buf += chunk
-    _PLAIN.receive_hs4(buf.split(b"\n")[1])  # raises unless hs4 is OK
-    return sock
+    return buf
 
 
 def measure(security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:
@@ -116,14 +121,7 @@ class Replier:
 def relay_reply(relay: Relay) -> bytes:
     """The relay's hs2 and hs4 for the plain connectors' request bytes."""
     with socket.create_connection(relay.address, timeout=10) as sock:
-        sock.sendall(_PLAIN_REQUEST)
-        buf = b""
-        while buf.count(b"\n") < 2:
-            chunk = sock.recv(4096)
-            if not chunk:
-                raise EOFError("relay closed during the handshake")
-            buf += chunk
-    return buf
+        return _request(sock)
 
 
 def measure_on(relay: Target, security: Security, seconds: float, connectors: int = 8) -> dict[str, float | None]:

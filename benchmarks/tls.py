@@ -26,6 +26,7 @@ from pathlib import Path
 
 from . import throughput
 from .common import (
+    HAPROXY_BASE,
     Relay,
     Security,
     Table,
@@ -44,21 +45,15 @@ from .common import (
     wait_listening,
 )
 
-HAPROXY_TLS_CONFIG = """global
-    nbthread 1
-    tune.bufsize 262144
-    maxconn 4000
-defaults
-    mode tcp
-    timeout connect 5s
-    timeout client 60s
-    timeout server 60s
-frontend bench
+HAPROXY_TLS_CONFIG = (
+    HAPROXY_BASE
+    + """frontend bench
     bind 127.0.0.1:{port} ssl crt {pem}
     default_backend target
 backend target
     server target {host}:{target_port} ssl verify none
 """
+)
 
 
 class HaproxyTls:
