@@ -118,3 +118,4 @@ class TlsProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._session.connection_lost(exc)
+        self._app = self._raw = None  # the BioTransport points back at us: no cycle left to collect

@@ -152,6 +152,7 @@ class WsProtocol(asyncio.Protocol):
             self._timer = None
         if self._session is not None:
             self._session.connection_lost(exc)
+        self._session = self._app = self._raw = None  # no cycle left for the collector (as server/tls.py)
 
     def close(self, outcome: Outcome, desc: str | None = None) -> None:
         """TlsProtocol's way to end us (a TLS error)."""
