@@ -15,6 +15,7 @@ from collections.abc import Callable
 from .common import (
     Haproxy,
     Relay,
+    Security,
     Socat,
     Table,
     connect,
@@ -23,6 +24,7 @@ from .common import (
     have_haproxy,
     have_socat,
     median,
+    open_session,
     plain_handshake,
     recv_bytes,
     rotated,
@@ -73,11 +75,19 @@ def via_socat(size: int, peer: type[Socat] | type[Haproxy] = Socat) -> tuple[flo
     return size / (last - first) / 1e6, cpu / (size / 2**30)
 
 
-def via_relay(size: int, relay: Relay) -> tuple[float, float]:
-    rx = connect(relay.address)
-    plain_handshake(rx, "bench-rx", ["bench-tx"])
+def via_relay(
+    size: int, relay: Relay, sender: Callable[..., None] | None = None, security: Security | None = None
+) -> tuple[float, float]:
+    """``sender`` and ``security``: another sending process, and the set-up both ends use (TLS, scenario 13)."""
+    if security is None:
+        rx = connect(relay.address)
+        plain_handshake(rx, "bench-rx", ["bench-tx"])
+        args: tuple[object, ...] = (relay.address, size, True)
+    else:
+        rx = open_session(relay.address, "bench-rx", ["bench-tx"], security)
+        args = (relay.address, size, security, True)
     cpu0 = cpu_seconds(relay.pid)
-    p = mp.Process(target=_sender, args=(relay.address, size, True))
+    p = mp.Process(target=sender or _sender, args=args)
     p.start()
     first, last = recv_bytes(rx, size)
     cpu = cpu_seconds(relay.pid) - cpu0

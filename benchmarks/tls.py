@@ -96,16 +96,7 @@ def _sender(address: tuple[str, int], size: int, security: Security, relayed: bo
 
 
 def via_relay(size: int, relay: Relay, security: Security) -> tuple[float, float]:
-    rx = open_session(relay.address, "bench-rx", ["bench-tx"], security)
-    cpu0 = cpu_seconds(relay.pid)
-    p = mp.Process(target=_sender, args=(relay.address, size, security, True))
-    p.start()
-    first, last = recv_bytes(rx, size)
-    cpu = cpu_seconds(relay.pid) - cpu0
-    rx.sendall(b"!")
-    p.join()
-    rx.close()
-    return size / (last - first) / 1e6, cpu / (size / 2**30)
+    return throughput.via_relay(size, relay, _sender, security)
 
 
 def via_haproxy(size: int, security: Security) -> tuple[float, float]:
