@@ -210,9 +210,12 @@ class NatsRegistry:
         key = chid_key(chid)
         try:
             revision = await self._chids.create(key, value, validate_keys=False)
-        except nats.js.errors.KeyWrongLastSequenceError:
+        except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+            # Somebody else's create won. (nats-py's create reads the key back after
+            # losing, to tell a live key from a deleted one; a read that reaches a
+            # replica still without the winner's write says "not found": lost too.)
             stale = self._owners.get(chid)
-            if stale is None or stale.node in self._live_nodes:
+            if stale is None or stale.node in self._live_nodes or not await self._lease_gone(stale.node):
                 return None
             # Its node's lease has lapsed and the sweep has not come yet: take it over.
             try:
@@ -238,6 +241,15 @@ class NatsRegistry:
         if self._owners.get(chid) == owner:
             self._set_owner(chid, None)
         return True
+
+    async def _lease_gone(self, node: str) -> bool:
+        """Whether ``node``'s lease is gone, read from the bucket itself: the replica may lag behind a new node."""
+        assert self._nodes is not None
+        try:
+            await self._nodes.get(self._node_key(node))
+        except nats.js.errors.NotFoundError:  # no such key, or deleted, or purged by its TTL
+            return True
+        return False
 
     def owner(self, chid: str) -> Owner | None:
         """From the local replica: some milliseconds behind the cluster."""
