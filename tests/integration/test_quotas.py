@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -222,3 +223,40 @@ def test_a_websocket_sender_is_paced_and_cut_by_its_quota_as_a_tcp_one(start_ser
     assert steady_rate(arrivals.marks) == pytest.approx(RATE, rel=0.1)  # counted in message payload bytes
     line = server.wait_for_log(r'session closed chid="web".*').group(0)
     assert 'reason="quota_exceeded"' in line and f"in={quota} " in line, line
+
+
+def test_a_paced_sender_that_is_killed_leaves_nothing_behind(start_server, forwarding_path):
+    import socket
+    import struct
+
+    server = start_server("--rate-per-ip", str(RATE), "--quota-per-ip", "1G", "--metrics", "127.0.0.1:0",
+                          *forwarding_path)  # fmt: skip
+    b, _ = handshake(server, "b", ["a"])
+    a, _ = handshake(server, "a", ["b"])
+    data = os.urandom(STREAM)
+    arrivals = Arrivals(b, len(data))
+
+    def send() -> None:
+        with contextlib.suppress(OSError):  # we kill the socket under it
+            a.sock.sendall(data)
+
+    threading.Thread(target=send, daemon=True).start()
+    deadline = time.monotonic() + TIMEOUT
+    while arrivals.total < 1 << 20:  # paced by now: the first burst is long gone
+        assert time.monotonic() < deadline, "the stream did not start"
+        time.sleep(0.01)
+    a.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    a.sock.close()  # RST while the relay holds its reads
+    line = server.closed_line("a")
+    assert 'reason="reset"' in line or 'reason="client_closed"' in line, line
+    b.sock.settimeout(TIMEOUT)
+    arrivals.join()  # b's stream ends (a left): what it got is a prefix of what was sent
+    got = arrivals.total
+    assert 0 < got < len(data)
+    # The address's bucket and the ledger's hold went with the last session that used them.
+    b.close()
+    server.closed_line("b")
+    metrics = scrape_metrics(metrics_port(server))
+    assert metrics["forwarding_quota_tracked"] == 1  # the address's use this day, kept; no bucket
+    c, _ = handshake(server, "c", [])  # the relay goes on
+    c.sock.sendall(b"still here")
