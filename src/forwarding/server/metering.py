@@ -31,7 +31,7 @@ def received(self: Session, data: bytes) -> None:
         quota_spent(self)
     elif delay and self.outcome is None:
         self._transport.pause_reading()
-        meter.hold(self._loop, delay, self._rate_ready)
+        meter.hold(self._loop, delay, lambda: rate_ready(self))
 
 
 def quota_spent(self: Session) -> None:

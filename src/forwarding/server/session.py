@@ -275,9 +275,6 @@ class Session(asyncio.Protocol, Expiring):
         if n >= self._splice_after:  # a streaming sender: try the zero-copy path
             self._try_splice()
 
-    def _rate_ready(self) -> None:
-        metering.rate_ready(self)
-
     @property
     def _rate_held(self) -> bool:
         return self._meter is not None and self._meter.holding
