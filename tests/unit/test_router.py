@@ -43,7 +43,7 @@ def test_a_receiver_hears_last_only_when_its_last_named_sender_ends():
     r = LocalRouter()
     rx, a, b, caster = FakeSink("rx"), FakeSink("a", ("rx",)), FakeSink("b", ("rx",)), FakeSink("c")
     for s in (rx, a, b, caster):
-        assert r.claim(s)
+        assert r.add(s)
     assert r.senders("rx") == 2
     r.finish(a)
     r.finish(a)  # twice is harmless
@@ -57,7 +57,7 @@ def test_moving_away_from_a_receiver_is_not_an_end_of_stream():
     r = LocalRouter()
     old, new, tx = FakeSink("old"), FakeSink("new"), FakeSink("tx", ("old",))
     for s in (old, new, tx):
-        r.claim(s)
+        r.add(s)
     r.retarget(tx, ("new",))
     tx.recvers = ("new",)
     assert r.senders("old") == 0 and r.senders("new") == 1 and old.events == []
@@ -67,7 +67,7 @@ def test_framed_sinks_hear_of_a_broadcasters_end_raw_ones_do_not():
     r = LocalRouter()
     raw, framed, caster = FakeSink("raw"), FakeSink("framed", framed=True), FakeSink("caster")
     for s in (raw, framed, caster):
-        r.claim(s)
+        r.add(s)
     r.release(caster)
     assert raw.events == [] and framed.events == [("eof", "caster", "more")]
 
@@ -77,10 +77,10 @@ def test_a_hangup_chain_releases_in_a_loop_in_order():
     chain = [FakeSink(f"h{i}", (f"h{i + 1}",)) for i in range(2000)]  # far deeper than the recursion limit
     for s in chain:
         s.router = r
-        r.claim(s)
+        r.add(s)
         r.hang_up_with(s, s.recvers or ())
     last = FakeSink("h2000")
-    r.claim(last)
+    r.add(last)
     r.release(last)
     assert len(r) == 0
     assert all(("peer_left", f"h{i + 1}") in s.events for i, s in enumerate(chain))
@@ -91,7 +91,7 @@ def test_a_claim_calls_only_the_watchers_of_its_chid():
     calls: list[str] = []
     for i in range(1000):
         r.watch((f"w{i}",), lambda chid, i=i: calls.append(f"{i}:{chid}"))
-    r.claim(FakeSink("w7"))
+    r.add(FakeSink("w7"))
     assert calls == ["7:w7"]
     r.unwatch(("w8",), lambda chid: None)  # unknown callback: harmless
 
@@ -99,12 +99,12 @@ def test_a_claim_calls_only_the_watchers_of_its_chid():
 def test_when_offline_fires_once_at_release():
     r = LocalRouter()
     s = FakeSink("s")
-    r.claim(s)
+    r.add(s)
     fired: list[int] = []
     r.when_offline("s", lambda: fired.append(1))
     r.when_offline("nobody", lambda: fired.append(2))  # not online: at once
     assert fired == [2]
     r.release(s)
-    r.claim(FakeSink("s"))
+    r.add(FakeSink("s"))
     r.release(r.local_sink("s"))  # type: ignore[arg-type]
     assert fired == [2, 1]

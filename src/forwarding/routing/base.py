@@ -81,11 +81,19 @@ class Sink(Protocol):
 
 
 OnlineCallback = Callable[[str], None]
+ClaimDone = Callable[[str | None], None]
+"""A claim's answer: ``None`` (online) or the FAIL code of the refusal."""
 
 
 class Router(Protocol):
-    def claim(self, sink: Sink) -> bool:
-        """Make ``sink`` online under its chid; ``False`` if the chid is taken."""
+    def claim(self, sink: Sink, done: ClaimDone) -> None:
+        """Make ``sink`` online under its chid, then call ``done(None)``; or ``done(code)`` with a FAIL code:
+
+        ``chid_in_use`` if the chid is taken, ``unavailable`` if a cluster's
+        registry cannot be reached. ``done`` may be called before ``claim``
+        returns (one process) or later, on the loop (a cluster asks its registry
+        first). A sink closed before ``done(None)`` must still be released.
+        """
         ...
 
     def release(self, sink: Sink) -> None:
@@ -134,7 +142,7 @@ class Router(Protocol):
     def is_online(self, chid: str) -> bool: ...
 
     def local_sink(self, chid: str) -> Sink | None:
-        """The sink for ``chid`` if it is online in this process (for the zero-copy path)."""
+        """The sink for ``chid`` if it is a session of this process (services, the zero-copy path)."""
         ...
 
     def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:

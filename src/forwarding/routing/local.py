@@ -6,7 +6,7 @@ import collections
 import itertools
 from collections.abc import Callable, Iterable
 
-from .base import OnlineCallback, Sink
+from .base import ClaimDone, OnlineCallback, Sink
 
 
 class LocalRouter:
@@ -38,7 +38,11 @@ class LocalRouter:
     def __len__(self) -> int:
         return len(self._sinks)
 
-    def claim(self, sink: Sink) -> bool:
+    def claim(self, sink: Sink, done: ClaimDone) -> None:
+        done(None if self.add(sink) else "chid_in_use")
+
+    def add(self, sink: Sink) -> bool:
+        """Make ``sink`` online at once; ``False`` if its chid is taken."""
         chid = sink.chid
         if chid in self._sinks:
             return False

@@ -105,6 +105,7 @@ class Session(asyncio.Protocol, Expiring):
         "_layer",
         "_spliceable",
         "_meter",
+        "_claiming",
     )
 
     def __init__(self, relay: Relay, layer: Layer | None = None) -> None:
@@ -167,6 +168,7 @@ class Session(asyncio.Protocol, Expiring):
         self._visit: Visit | None = None  # a visitor whose handshake waits for the service's answer
         self._peer: str | None = None  # one end of a visit: the other end, the only sender it takes
         self._meter: Meter | None = None  # rate caps and quotas on what this client sends (server/quotas.py)
+        self._claiming: Hs3Received | None = None  # hs3 waits for the router's claim (a cluster's registry)
 
     @property
     def framed(self) -> bool:
@@ -237,13 +239,29 @@ class Session(asyncio.Protocol, Expiring):
                 self.close(Outcome.REFUSED, spent)
                 return
             self.chid = generate_chid()
-            while not self._router.claim(self):  # pragma: no cover - 128 random bits
-                self.chid = generate_chid()
-            self._registered = True
-            self._establish(hs4=b"")
+            self._router.claim(self, self._broadcast_claimed)
+            if not self._registered and self.outcome is None:  # a cluster's registry answers later
+                assert self._transport is not None
+                self._transport.pause_reading()  # no handshake to hold what arrives meanwhile
         else:
             self._hs = ServerHandshake(self._config.limits, self.opened_at, self._relay.sealer)
             self._arm_handshake_timer()
+
+    def _broadcast_claimed(self, refusal: str | None) -> None:
+        if self.outcome is not None:  # closed while a cluster's registry answered
+            if refusal is None:
+                self._router.release(self)
+        elif refusal == "chid_in_use":  # pragma: no cover - 128 random bits
+            self.chid = generate_chid()
+            self._router.claim(self, self._broadcast_claimed)
+        elif refusal is not None:
+            self.close(Outcome.UNAVAILABLE, "the cluster registry is unavailable")
+        else:
+            self._registered = True
+            self._establish(hs4=b"")
+            assert self._transport is not None
+            if not self._blockers:
+                self._transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         if self.established:
@@ -257,7 +275,8 @@ class Session(asyncio.Protocol, Expiring):
             return
         self._hs.receive_data(data)
         self._drive_handshake()
-        if (self._waiting or self._visit) and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
+        held = self._waiting or self._visit or self._claiming
+        if held and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
             assert self._transport is not None
             self._transport.pause_reading()  # resumed at hs4 (_finish_handshake)
 
@@ -522,11 +541,21 @@ class Session(asyncio.Protocol, Expiring):
         if service is not None and not self._can_visit(service):
             return
         self._service = event.service
-        if not self._router.claim(self):
-            desc = f"chid {quote(self.chid)} came online during the handshake"
-            self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
+        self._claiming = event
+        self._router.claim(self, self._claimed)
+
+    def _claimed(self, refusal: str | None) -> None:
+        """The router's answer to hs3's claim: at once on one node, a registry round trip later in a cluster."""
+        event, self._claiming = self._claiming, None
+        if event is None or self.outcome is not None:  # closed meanwhile: give the chid back
+            if refusal is None:
+                self._router.release(self)
+            return
+        if refusal is not None:
+            self._refuse_claim(refusal)
             return
         self._registered = True
+        service = self._relay.visits.names_service(self.recvers)
         if self._service:
             self._relay.visits.service_online(self)
         if service is not None:
@@ -543,6 +572,14 @@ class Session(asyncio.Protocol, Expiring):
             self._router.watch(self.recvers, self._on_peer_online)
             return
         self._finish_handshake()
+
+    def _refuse_claim(self, code: str) -> None:
+        if code == "unavailable":
+            desc = "the cluster registry is unreachable; retry"
+            self._refuse(Outcome.UNAVAILABLE, desc, code)
+        else:
+            desc = f"chid {quote(self.chid)} came online during the handshake"
+            self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
 
     def _on_peer_online(self, chid: str) -> None:
         assert self.recvers is not None

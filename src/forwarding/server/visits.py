@@ -130,12 +130,24 @@ def accept(self: Session, ticket: str) -> None:
         desc = f"no visit is waiting with ticket {quote(ticket)}: the visitor left, timed out or was answered"
         self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
         return
+    self.recvers = (visit.visitor.chid,)
+    self._router.claim(self, lambda refusal: _accepted(self, visit, refusal))
+
+
+def _accepted(self: Session, visit: Visit, refusal: str | None) -> None:
+    """The acceptor's chid is claimed (or not): a cluster's registry answers a round trip later."""
     visitor = visit.visitor
-    self.recvers = (visitor.chid,)
-    if not self._router.claim(self):
-        self._relay.visits.put_back(visit)
-        desc = f"chid {quote(self.chid)} came online during the handshake"
-        self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
+    if refusal is None and (self.outcome is not None or visitor.outcome is not None):
+        self._router.release(self)  # one of the two left meanwhile
+    if self.outcome is not None or refusal is not None:
+        if visitor.outcome is None:
+            self._relay.visits.put_back(visit)  # the visit waits for another answer
+        if self.outcome is None and refusal is not None:
+            self._refuse_claim(refusal)
+        return
+    if visitor.outcome is not None:
+        desc = f"no visit is waiting with ticket {quote(visit.ticket)}: the visitor left"
+        self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
         return
     self._registered = True
     visitor._visit = None
