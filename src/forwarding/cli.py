@@ -10,7 +10,7 @@ import tomllib
 from collections.abc import Sequence
 
 from . import __version__, logs
-from .config import Mode, ServerConfig
+from .config import NODE_ID, ClusterSettings, Mode, ServerConfig
 from .protocol.frames import MIN_MAX_FRAME
 from .protocol.handshake import HandshakeLimits
 from .protocol.sealing import new_secret
@@ -218,6 +218,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
         default=os.environ.get("FORWARDING_SECRET"),
         help="seal every handshake line with this secret (or set FORWARDING_SECRET, or use --config)",
     )
+    _add_cluster_flags(p)
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate chain")
     p.add_argument("--tls-key", metavar="PEM", help="private key for --tls-cert")
     p.add_argument("--tls-client-ca", metavar="PEM", help="require client certificates signed by this CA")
@@ -325,6 +326,75 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     return p
 
 
+def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
+    c = ClusterSettings(servers=(), secret="")
+    p.add_argument(
+        "--cluster",
+        metavar="URL[,URL...]",
+        help="be one node of a cluster whose registry is this NATS JetStream (nats://host:4222,...)",
+    )
+    p.add_argument(
+        "--cluster-listen",
+        type=_listen_address,
+        default=c.listen,
+        metavar="HOST:PORT",
+        help="accept node-to-node legs here (default 127.0.0.1:0, for nodes on one host)",
+    )
+    p.add_argument(
+        "--cluster-advertise",
+        metavar="HOST:PORT",
+        help="the address other nodes dial for legs (default: the bound --cluster-listen address)",
+    )
+    p.add_argument(
+        "--cluster-secret",
+        default=os.environ.get("FORWARDING_CLUSTER_SECRET"),
+        help="shared by every node; seals leg headers (or set FORWARDING_CLUSTER_SECRET, or use --config)",
+    )
+    p.add_argument(
+        "--node-id", metavar="ID", help="this node's id, unique in the cluster (default: host name + random)"
+    )
+    p.add_argument(
+        "--cluster-replicas",
+        type=_count,
+        default=c.replicas,
+        metavar="N",
+        help=f"copies of the registry in NATS: 3 for a 3-server NATS cluster (default {c.replicas})",
+    )
+    p.add_argument(
+        "--lease-ttl",
+        type=_positive,
+        default=c.lease_ttl,
+        metavar="SECONDS",
+        help=f"a crashed node's chids are free after about this long (default {c.lease_ttl:g})",
+    )
+    p.add_argument("--cluster-creds", metavar="FILE", help="NATS credentials file")
+    p.add_argument("--cluster-ca", metavar="PEM", help="CA bundle for tls:// NATS servers")
+    p.add_argument("--cluster-memory", action="store_true", help=argparse.SUPPRESS)  # one host (--workers)
+
+
+def _cluster_settings(args: argparse.Namespace) -> ClusterSettings | None:
+    if not args.cluster:
+        return None
+    if not args.cluster_secret:
+        raise SystemExit("forwarding serve: --cluster needs --cluster-secret (the same on every node)")
+    if args.node_id and not NODE_ID.fullmatch(args.node_id):
+        raise SystemExit("forwarding serve: --node-id takes 1 to 64 letters, digits, '-' and '_'")
+    if args.cluster_advertise:
+        _listen_address(args.cluster_advertise)
+    return ClusterSettings(
+        servers=tuple(url.strip() for url in args.cluster.split(",") if url.strip()),
+        secret=args.cluster_secret,
+        listen=args.cluster_listen,
+        advertise=args.cluster_advertise,
+        node=args.node_id or "",
+        replicas=args.cluster_replicas,
+        memory=args.cluster_memory,
+        lease_ttl=args.lease_ttl,
+        creds=args.cluster_creds,
+        tls_ca=args.cluster_ca,
+    )
+
+
 def _serve_config(args: argparse.Namespace) -> ServerConfig:
     if args.write_buffer_low > args.write_buffer_high:
         raise SystemExit("forwarding serve: --write-buffer-low must not exceed --write-buffer-high")
@@ -385,6 +455,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         malloc_tuning=args.malloc_tuning,
         status_token=args.status_token,
         metrics=args.metrics,
+        cluster=_cluster_settings(args),
     )
 
 

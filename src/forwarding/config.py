@@ -15,6 +15,7 @@ The CLI flags of ``forwarding serve`` map one to one onto :class:`ServerConfig`
 from __future__ import annotations
 
 import enum
+import re
 from dataclasses import dataclass, field
 
 from .protocol.handshake import HandshakeLimits
@@ -27,6 +28,36 @@ class Mode(enum.Enum):
     """Each client does the JSON handshake (the default)."""
     BROADCAST = "broadcast"
     """No handshake: every connection gets a generated chid and talks to all others."""
+
+
+NODE_ID = re.compile(r"[-_a-zA-Z0-9]{1,64}")
+"""Node ids go into registry keys, which allow few characters."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    """One node of a cluster (docs/operations.md, "A cluster"): where the registry is, where legs arrive."""
+
+    servers: tuple[str, ...]
+    """NATS URLs of the registry (JetStream)."""
+    secret: str
+    """Shared by every node: it seals each leg's header, so only nodes can open legs."""
+    listen: tuple[str, int] = ("127.0.0.1", 0)
+    """Where this node accepts legs from the other nodes."""
+    advertise: str | None = None
+    """``host:port`` the other nodes dial for legs; default: the bound ``listen`` address."""
+    node: str = ""
+    """This node's id, unique in the cluster; empty: generated at start."""
+    replicas: int = 1
+    """Copies of each registry bucket in NATS (3 for a 3-server NATS cluster)."""
+    memory: bool = False
+    """Registry buckets in memory (one host) rather than on file."""
+    lease_ttl: float = 20.0
+    """Seconds a node's lease lives unrenewed; a crashed node's chids are free after about this long."""
+    creds: str | None = None
+    """NATS credentials file (``.creds``), if the NATS servers require one."""
+    tls_ca: str | None = None
+    """CA bundle for ``tls://`` NATS URLs."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,3 +138,5 @@ class ServerConfig:
     """Unix socket for ``forwarding admin``: list sessions, close one, reload."""
     metrics: tuple[str, int] | None = None
     """Where to serve Prometheus metrics (``GET /metrics``)."""
+    cluster: ClusterSettings | None = None
+    """Be one node of a cluster; ``None``: a relay on its own."""

@@ -13,10 +13,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+
+from ..integration.conftest import ServerProcess
 
 TIMEOUT = 15.0 * float(os.environ.get("FORWARDING_TEST_TIMEOUT_FACTOR", "1"))
 
@@ -100,3 +102,41 @@ def nats_cluster(tmp_path: Path) -> Iterator[list[NatsServer]]:
     finally:
         for server in servers:
             server.stop()
+
+
+CLUSTER_SECRET = "test-cluster-secret"
+
+
+@pytest.fixture
+def start_node(nats_cluster: list[NatsServer]) -> Iterator[Callable[..., ServerProcess]]:
+    """Relay nodes of one cluster, each on its own port and its own nats-server (index ``i``).
+
+    On teardown each must exit 0 without a traceback, as in the integration suite.
+    """
+    nodes: list[ServerProcess] = []
+
+    def start(i: int, *args: str, node_id: str | None = None) -> ServerProcess:
+        flags = [
+            "--cluster", nats_cluster[i % len(nats_cluster)].url,
+            "--cluster-secret", CLUSTER_SECRET,
+            "--cluster-replicas", "3",
+            "--node-id", node_id or f"node{i}",
+            "--log-level", "debug",
+            *args,
+        ]  # fmt: skip
+        node = ServerProcess(*flags, timeout=TIMEOUT * 2)
+        nodes.append(node)
+        return node
+
+    yield start
+    for node in nodes:
+        code = node.stop()
+        log = "\n".join(node.lines)
+        assert "Traceback" not in log, log
+        assert code in (0, -signal.SIGKILL), log
+
+
+@pytest.fixture
+def nodes(start_node: Callable[..., ServerProcess]) -> list[ServerProcess]:
+    """Three relay nodes of one cluster (on three nats-servers)."""
+    return [start_node(i) for i in range(3)]

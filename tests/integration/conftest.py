@@ -27,7 +27,9 @@ class ServerProcess:
     blocks, and the test would measure the pipe, not the relay.
     """
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, *args: str, env: dict[str, str] | None = None, prefix: tuple[str, ...] = (), timeout: float = TIMEOUT
+    ) -> None:
         cmd = [*prefix, sys.executable, "-m", "forwarding", "serve", "--port", "0", *args]
         if "--host" not in args:
             cmd += ["--host", "127.0.0.1"]
@@ -38,7 +40,7 @@ class ServerProcess:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         # Matches the text and the JSON log format alike.
-        ready = self.wait_for_log(r'listening.*address"?[=:] ?"(.+):(\d+)"')
+        ready = self.wait_for_log(r'listening.*address"?[=:] ?"(.+):(\d+)"', timeout)
         self.host = ready.group(1).strip("[]")
         self.port = int(ready.group(2))
         self.address = (self.host, self.port)

@@ -23,7 +23,8 @@ SCRYPT_R = 8
 SCRYPT_P = 1
 KEY_BYTES = 32
 NONCE_BYTES = 12
-STEPS = ("hs1", "hs2", "hs3", "hs4")
+STEPS = ("hs1", "hs2", "hs3", "hs4", "leg1")
+"""The handshake's four lines, and the header of a node-to-node leg (server/legs.py)."""
 
 
 class SealError(Exception):

@@ -79,6 +79,12 @@ class Sink(Protocol):
         """``by`` has drained or closed; resume reading if nothing else holds this sender."""
         ...
 
+    def link_lost(self, desc: str, dropped: int = 0) -> None:
+        """A node-to-node connection that carried this sink's bytes broke (a cluster): close it, ``link_lost``.
+
+        ``dropped``: bytes of its stream the connection still held, now counted as dropped."""
+        ...
+
 
 OnlineCallback = Callable[[str], None]
 ClaimDone = Callable[[str | None], None]
@@ -142,7 +148,12 @@ class Router(Protocol):
     def is_online(self, chid: str) -> bool: ...
 
     def local_sink(self, chid: str) -> Sink | None:
-        """The sink for ``chid`` if it is a session of this process (services, the zero-copy path)."""
+        """The sink for ``chid`` if it is a session of this process (services, visits)."""
+        ...
+
+    def splice_target(self, sender: Sink, chid: str) -> Sink | None:
+        """Where ``sender``'s bytes for ``chid`` go, for the zero-copy path: a session of this process,
+        or a cluster's node-to-node leg; ``None`` if neither."""
         ...
 
     def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import collections
 import itertools
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from .base import ClaimDone, OnlineCallback, Sink
 
@@ -203,6 +203,14 @@ class LocalRouter:
 
     def local_sink(self, chid: str) -> Sink | None:
         return self._sinks.get(chid)
+
+    def splice_target(self, sender: Sink, chid: str) -> Sink | None:
+        return self._sinks.get(chid)
+
+    @property
+    def sinks(self) -> Mapping[str, Sink]:
+        """Every online sink by chid (the cluster router keeps other nodes' sessions here too)."""
+        return self._sinks
 
     def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:
         origin = sender.chid

@@ -1,10 +1,9 @@
 """Who owns which chid, cluster-wide: a registry on NATS JetStream key-value buckets.
 
-The only module that talks to NATS (../shared/design/cluster.md, 7.2). It is
-the first part of issue 13 and not yet wired into the relay: the router that
-uses it (routing/cluster.py) and the node-to-node legs come next.
+The only module that talks to NATS (../shared/design/cluster.md, 7.2). The router
+that uses it is routing/cluster.py.
 
-* Bucket ``chids``: ``c.<base64url(chid)>`` -> ``{"node", "session"}``. A claim
+* Bucket ``chids``: ``c.<base64url(chid)>`` -> ``{"node", "session", "recvers", "framed"}``. A claim
   is a create-if-absent (of two nodes racing, exactly one wins); a release is
   a delete on the claim's revision, so a node never deletes a newer owner's
   claim.
@@ -28,7 +27,7 @@ import base64
 import contextlib
 import json
 import logging
-import os
+import ssl
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +40,10 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
+from .cluster import Owner, Unavailable, new_session_id
+
+__all__ = ["NatsRegistry", "Owner", "RegistryConfig", "Unavailable", "chid_key", "key_chid"]
+
 log = logging.getLogger("forwarding.registry")
 
 SWEEP_ATTEMPTS = 40
@@ -49,20 +52,6 @@ SWEEP_RETRY = 0.5
 
 CHIDS = "forwarding-chids"
 NODES = "forwarding-nodes"
-
-
-class Unavailable(Exception):
-    """The registry cannot be reached, or this node has fenced itself: refuse new claims (FAIL ``unavailable``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Owner:
-    node: str
-    """The node id that holds the chid."""
-    session: str
-    """Random per session: a leg names it, so a later owner of the same chid is never reached by mistake."""
-    revision: int
-    """The claim's revision in the bucket: release and takeover compare-and-swap on it."""
 
 
 def chid_key(chid: str) -> str:
@@ -86,10 +75,6 @@ def _lost_race(exc: BaseException) -> bool:
     return isinstance(exc, nats.js.errors.APIError) and exc.err_code in WRONG_LAST_SEQUENCE
 
 
-def new_session_id() -> str:
-    return os.urandom(16).hex()
-
-
 @dataclass(frozen=True, slots=True)
 class RegistryConfig:
     servers: tuple[str, ...]
@@ -108,6 +93,10 @@ class RegistryConfig:
     """Copies of each bucket in the NATS cluster (3 for a 3-server cluster: a server may die)."""
     memory: bool = False
     """Buckets in memory (one host, ``--workers``) rather than on file."""
+    creds: str | None = None
+    """A NATS credentials file."""
+    tls: ssl.SSLContext | None = None
+    """For ``tls://`` servers."""
 
 
 class NatsRegistry:
@@ -146,6 +135,8 @@ class NatsRegistry:
             reconnect_time_wait=0.2,
             connect_timeout=2,
             error_cb=self._nats_error,
+            user_credentials=self.config.creds,
+            tls=self.config.tls,
         )
         js = self._js = self._nc.jetstream()
         storage = StorageType.MEMORY if self.config.memory else StorageType.FILE
@@ -202,11 +193,18 @@ class NatsRegistry:
     def available(self) -> bool:
         return self._nc is not None and self._nc.is_connected and not self._fenced
 
-    async def claim(self, chid: str, session: str) -> Owner | None:
+    async def claim(
+        self, chid: str, session: str, recvers: tuple[str, ...] | None = (), framed: bool = False
+    ) -> Owner | None:
         """Take ``chid`` for ``session`` on this node if nobody holds it; ``None`` if somebody does."""
         if not self.available or self._chids is None:
             raise Unavailable("the registry is unreachable")
-        value = json.dumps({"node": self.config.node, "session": session}).encode()
+        fields: dict[str, Any] = {"node": self.config.node, "session": session}
+        if recvers != ():  # the value stays small
+            fields["recvers"] = None if recvers is None else list(recvers)
+        if framed:
+            fields["framed"] = True
+        value = json.dumps(fields).encode()
         key = chid_key(chid)
         try:
             revision = await self._chids.create(key, value, validate_keys=False)
@@ -224,7 +222,7 @@ class NatsRegistry:
                 return None
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable(str(exc) or type(exc).__name__) from exc
-        owner = Owner(self.config.node, session, revision)
+        owner = Owner(self.config.node, session, revision, recvers, framed)
         self._set_owner(chid, owner)
         return owner
 
@@ -336,7 +334,17 @@ class NatsRegistry:
                 self._set_owner(chid, None)
             return
         value = json.loads(entry.value)
-        self._set_owner(chid, Owner(value["node"], value["session"], entry.revision))
+        recvers = value.get("recvers", [])
+        self._set_owner(
+            chid,
+            Owner(
+                value["node"],
+                value["session"],
+                entry.revision,
+                None if recvers is None else tuple(recvers),
+                bool(value.get("framed", False)),
+            ),
+        )
 
     async def _node_changed(self, entry: Any) -> None:
         if not entry.key.startswith("n."):

@@ -14,11 +14,12 @@ import socket
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 from .. import logs
 from ..config import Mode, ServerConfig
 from ..protocol.sealing import Sealer
+from ..routing.base import Router
 from ..routing.local import LocalRouter
 from . import admin, malloc, splice
 from .admission import Admission
@@ -30,6 +31,10 @@ from .session import Session
 from .status import RecentCloses
 from .tls import TlsProtocol
 from .visits import Visits
+
+if TYPE_CHECKING:
+    from ..routing.cluster import ClusterRouter
+    from .node import Node
 
 log = logging.getLogger("forwarding.relay")
 
@@ -59,7 +64,7 @@ the descriptor limit, which would drop a client without a word."""
 CLOSE_BATCH = 500
 """Sessions closed per pass of the event loop at shutdown: 20,000 at once held the loop for 2 s."""
 
-RESTART_ONLY = ("hosts", "port", "ws_port", "mode", "admin_socket", "metrics")
+RESTART_ONLY = ("hosts", "port", "ws_port", "mode", "admin_socket", "metrics", "cluster")
 """Settings a reload cannot change: the listeners are bound once."""
 
 
@@ -88,7 +93,11 @@ class Relay:
         self.config = config
         self._reloader = reloader
         self.loop = loop or asyncio.get_running_loop()
-        self.router = LocalRouter()
+        self.router: Router = LocalRouter()
+        self.cluster: ClusterRouter | None = None  # set by node.join: this relay is one node of a cluster
+        self.legs: set[Session] = set()  # node-to-node legs, both ways (server/legs.py)
+        self.leg_sealer = Sealer.from_secret(config.cluster.secret) if config.cluster is not None else None
+        self._node: Node | None = None
         self.visits = Visits(config.max_waiting_visits)  # services and their unanswered visits
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
@@ -116,6 +125,11 @@ class Relay:
 
     async def start(self) -> list[tuple[str, int]]:
         """Listen on every configured host; return the bound ``(host, port)`` pairs."""
+        if self.config.cluster is not None:
+            from .node import Node  # nats-py is imported only for a cluster
+
+            self._node = Node(self, self.config.cluster)
+            await self._node.join()  # before any client: claims need the registry
 
         def protocol() -> asyncio.Protocol:
             # Read at each accept: a reload may change the certificate.
@@ -217,12 +231,19 @@ class Relay:
             await self._idle.wait()
         for server in self._servers:
             await server.wait_closed()
+        if self._node is not None:
+            await self._node.leave()
         if self._refusal_summary is not None:  # say what the last second held back
             self._refusal_summary.cancel()
             self._log_unlogged_refusals()
         if self.config.admin_socket:
             with contextlib.suppress(OSError):
                 os.unlink(self.config.admin_socket)
+
+    @property
+    def leg_splice(self) -> bool:
+        """Legs are plain TCP whatever the clients speak: spliced wherever the OS allows."""
+        return splice.AVAILABLE and self.config.splice
 
     @property
     def splice(self) -> bool:

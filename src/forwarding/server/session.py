@@ -54,6 +54,9 @@ class Layer(Protocol):
 class Session(asyncio.Protocol, Expiring):
     """A client connection from accept to close."""
 
+    LEG = False
+    """A node-to-node leg (server/legs.py), not a client: no quotas, no open line of its own."""
+
     # Slots, and sets and lists made only when needed: an idle session is what a
     # relay holds by the hundred thousand (docs/performance.md, idle sessions).
     __slots__ = (
@@ -454,6 +457,10 @@ class Session(asyncio.Protocol, Expiring):
     def peer_left(self, chid: str) -> None:
         self.close(Outcome.PEER_LEFT, f"recver {quote(chid)} went offline")
 
+    def link_lost(self, desc: str, dropped: int = 0) -> None:
+        self.dropped += dropped
+        self.close(Outcome.LINK_LOST, desc)
+
     def discard_waiter(self, sender: Sink) -> None:
         if self._waiters is not None:
             self._waiters.discard(sender)
@@ -664,8 +671,12 @@ class Session(asyncio.Protocol, Expiring):
         if self._out_done:  # its last sender finished before hs4 was out
             self._shut_down_output(transport)
         self.last_active = self._loop.time()
-        self._meter = self._relay.quotas.meter(self.chid, self._ip, self.last_active)
         self._arm_idle_timer()
+        if self.LEG:
+            if not self._write_paused:
+                self._release_waiters()
+            return
+        self._meter = self._relay.quotas.meter(self.chid, self._ip, self.last_active)
         if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
             fields = {
                 "chid": self.chid,
@@ -702,7 +713,7 @@ class Session(asyncio.Protocol, Expiring):
         if self._frames is not None:  # frames are parsed, not spliced
             return
         assert self.recvers is not None and self._transport is not None
-        receiver = self._router.local_sink(self.recvers[0])
+        receiver = self._router.splice_target(self, self.recvers[0])
         if not isinstance(receiver, Session) or not receiver.established or receiver.outcome is not None:
             return
         if receiver._frames is not None or not receiver._spliceable:  # frames, or a WebSocket's socket

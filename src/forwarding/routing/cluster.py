@@ -1,0 +1,493 @@
+"""The clustered router: many relay nodes as one (../shared/design/cluster.md, 7).
+
+One :class:`~.local.LocalRouter` holds every session this node knows of: its
+own, and those of other nodes as :class:`RemoteSink` entries that the
+registry's replica keeps (a claim anywhere adds one, a release removes it).
+So presence events, ``online``, ``wait``, ``hangup`` and the end-of-stream
+counts work across nodes with the local router's code, a few milliseconds
+behind the cluster.
+
+Bytes for a remote receiver go over a **leg**: a TCP connection from this
+node to the receiver's node carrying one sender session's stream (server/legs.py).
+A leg is a :class:`Sink` here, so flow control is the local one: a leg over
+its mark throttles its sender. The receiving node runs the leg as a sender
+that reaches only its own sessions (:meth:`ClusterRouter.route_local`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from .base import ClaimDone, OnlineCallback, Sink
+from .local import LocalRouter
+
+log = logging.getLogger("forwarding.cluster")
+
+
+class Unavailable(Exception):
+    """The registry cannot be reached, or this node has fenced itself: refuse new claims (FAIL ``unavailable``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    node: str
+    """The node id that holds the chid."""
+    session: str
+    """Random per session: a leg names it, so a later owner of the same chid is never reached by mistake."""
+    revision: int
+    """The claim's revision in the bucket: release and takeover compare-and-swap on it."""
+    recvers: tuple[str, ...] | None = ()
+    """The session's recvers at its claim (``None``: broadcast): other nodes count its fan-in."""
+    framed: bool = False
+
+
+def new_session_id() -> str:
+    return os.urandom(16).hex()
+
+
+RELEASE_ATTEMPTS = 20
+RELEASE_RETRY = 0.5
+
+
+class Registry(Protocol):
+    """Who owns which chid, cluster-wide (routing/registry.py is the NATS one)."""
+
+    @property
+    def available(self) -> bool: ...
+
+    async def claim(
+        self, chid: str, session: str, recvers: tuple[str, ...] | None = (), framed: bool = False
+    ) -> Owner | None: ...
+
+    async def release(self, chid: str, owner: Owner) -> bool: ...
+
+    def node(self, node_id: str) -> dict[str, Any] | None: ...
+
+
+class Leg(Sink, Protocol):
+    """One sender session's stream to one other node."""
+
+    @property
+    def done(self) -> bool:
+        """Ended (by us, or its receiver left): a new one is opened if more bytes come."""
+        ...
+
+    @property
+    def target(self) -> tuple[str, str] | None:
+        """The one receiver (chid, session) of a raw leg; ``None``: a frames leg."""
+        ...
+
+    def end_stream(self) -> None:
+        """The sender has finished sending: FIN after what is queued."""
+        ...
+
+    def retarget(self, recvers: tuple[str, ...] | None) -> None:
+        """A frames leg: the sender's recvers change here in its stream."""
+        ...
+
+    def hang_up(self) -> None:
+        """The sender left: close after what is queued."""
+        ...
+
+
+OpenLeg = Callable[[Sink, str, str, str, "tuple[str, str] | None"], Leg]
+"""``open_leg(sender, sender_session, node, leg_address, target)``: a new leg, connecting."""
+
+
+class RemoteSink:
+    """A session on another node as this node's router holds it: online, with its recvers.
+
+    Nothing is delivered to it (a leg carries the bytes) and it never pauses
+    anyone; the calls a router makes on a sink are no-ops here, because the
+    session's own node makes them on the session.
+    """
+
+    __slots__ = ("chid", "node", "session", "revision", "recvers", "framed", "has_sent", "confirmed", "gone", "legs_in")
+
+    def __init__(self, chid: str, node: str, session: str, recvers: tuple[str, ...] | None, framed: bool) -> None:
+        self.chid = chid
+        self.node = node
+        self.session = session
+        self.revision = 0
+        self.recvers = recvers
+        self.framed = framed
+        self.has_sent = False
+        self.confirmed = False  # the registry's replica has shown it (it may be first known from a leg)
+        self.gone = False  # the replica has shown its release
+        self.legs_in = 0  # legs from it into this node, still open: its release waits for them
+
+    def deliver(self, data: bytes | memoryview, sender: str) -> bool:  # pragma: no cover - routed to a leg
+        return False
+
+    def throttle(self, by: Sink) -> None:
+        pass
+
+    def add_waiter(self, sender: Sink) -> None:
+        pass
+
+    def presence(self, chid: str, online: bool) -> None:
+        pass
+
+    def peer_left(self, chid: str) -> None:
+        pass
+
+    def sender_finished(self, chid: str, last: bool) -> None:
+        pass
+
+    def discard_waiter(self, sender: Sink) -> None:
+        pass
+
+    def unthrottle(self, by: Sink) -> None:
+        pass
+
+    def link_lost(self, desc: str, dropped: int = 0) -> None:
+        pass
+
+    def __repr__(self) -> str:
+        return f"RemoteSink({self.chid!r} on {self.node})"
+
+
+class ClusterRouter:
+    """The :class:`~.base.Router` of one node of a cluster."""
+
+    def __init__(self, node: str, registry: Registry, open_leg: OpenLeg) -> None:
+        self.node = node
+        self.registry = registry
+        self._open_leg = open_leg
+        self.local = LocalRouter()
+        self._owned: dict[Sink, Owner] = {}  # this node's sessions, online cluster-wide
+        self._claiming: set[str] = set()  # chids this node is asking the registry for
+        self._remote: dict[str, RemoteSink] = {}  # other nodes' sessions, by session id
+        self._node_sinks: dict[str, int] = {}  # remote node -> its sessions online (broadcast legs go there)
+        self._legs: dict[Sink, dict[str, Leg]] = {}  # sender -> node -> its leg there
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.leg_failures: dict[str, int] = {}
+        """Legs that broke, by reason: for metrics."""
+
+    def __len__(self) -> int:
+        return len(self._owned)
+
+    # -- claims --------------------------------------------------------------
+
+    def claim(self, sink: Sink, done: ClaimDone) -> None:
+        chid = sink.chid
+        if self.local.is_online(chid) or chid in self._claiming:
+            done("chid_in_use")
+            return
+        if not self.registry.available:
+            done("unavailable")
+            return
+        self._claiming.add(chid)
+        self._spawn(self._claim(sink, done))
+
+    async def _claim(self, sink: Sink, done: ClaimDone) -> None:
+        chid = sink.chid
+        try:
+            owner = await self.registry.claim(chid, new_session_id(), sink.recvers, sink.framed)
+        except Unavailable as exc:
+            log.warning("claim refused: registry unavailable", extra={"fields": {"chid": chid, "error": str(exc)}})
+            done("unavailable")
+            return
+        finally:
+            self._claiming.discard(chid)
+        if owner is None:
+            done("chid_in_use")
+            return
+        stale = self.local.local_sink(chid)
+        if isinstance(stale, RemoteSink):  # its release has not reached our replica yet: the registry knows better
+            self._drop_remote(stale)
+        if not self.local.add(sink):  # pragma: no cover - the check above and _claiming keep it free
+            self._spawn(self._release_claim(chid, owner))
+            done("chid_in_use")
+            return
+        self._owned[sink] = owner
+        done(None)
+
+    def session_id(self, sink: Sink) -> str | None:
+        owner = self._owned.get(sink)
+        return owner.session if owner is not None else None
+
+    def release(self, sink: Sink) -> None:
+        legs = self._legs.pop(sink, None)
+        for leg in (legs or {}).values():
+            leg.hang_up()
+        self.local.release(sink)
+        owner = self._owned.pop(sink, None)
+        if owner is not None:
+            self._spawn(self._release_claim(sink.chid, owner))
+
+    async def _release_claim(self, chid: str, owner: Owner) -> None:
+        for _ in range(RELEASE_ATTEMPTS):
+            try:
+                await self.registry.release(chid, owner)
+                return
+            except Exception as exc:  # NATS errors of many kinds: retry while the lease lives
+                log.debug("release failed, retrying", extra={"fields": {"chid": chid, "error": str(exc)}})
+                await asyncio.sleep(RELEASE_RETRY)
+        # The lease's lapse and the survivors' sweep free it in the end.
+        log.warning("release not written: the registry did not answer", extra={"fields": {"chid": chid}})
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(BaseException):  # cancelled on the way out
+                await task
+
+    # -- the replica: other nodes' sessions ------------------------------------
+
+    def registry_changed(self, chid: str, owner: Owner | None) -> None:
+        """The registry's replica saw a claim (``owner``) or a release (``None``) of ``chid``."""
+        current = self.local.local_sink(chid)
+        if owner is None:
+            if isinstance(current, RemoteSink):
+                current.gone = True
+                if not current.legs_in:
+                    self._drop_remote(current)
+            return
+        if owner.node == self.node:
+            return  # our own claim, known since it was made
+        if isinstance(current, RemoteSink):
+            if current.session == owner.session:
+                current.confirmed = True
+                current.revision = owner.revision
+                return
+            self._drop_remote(current)  # a newer claim: the old one was released meanwhile
+        elif current is not None:
+            # Ours, by the registry someone else's: only after our lease lapsed (fencing closes ours).
+            log.warning("chid claimed elsewhere while online here", extra={"fields": {"chid": chid}})
+            return
+        sink = RemoteSink(chid, owner.node, owner.session, owner.recvers, owner.framed)
+        sink.confirmed = True
+        sink.revision = owner.revision
+        self._add_remote(sink)
+
+    def _add_remote(self, sink: RemoteSink) -> bool:
+        if not self.local.add(sink):
+            return False
+        self._remote[sink.session] = sink
+        self._node_sinks[sink.node] = self._node_sinks.get(sink.node, 0) + 1
+        return True
+
+    def _drop_remote(self, sink: RemoteSink) -> None:
+        if self._remote.get(sink.session) is not sink:
+            return
+        del self._remote[sink.session]
+        n = self._node_sinks[sink.node] - 1
+        if n:
+            self._node_sinks[sink.node] = n
+        else:
+            del self._node_sinks[sink.node]
+        self.local.release(sink)
+
+    # -- legs into this node ---------------------------------------------------
+
+    def leg_opened(
+        self, node: str, chid: str, session: str, recvers: tuple[str, ...] | None, framed: bool
+    ) -> RemoteSink:
+        """A leg from ``session`` (chid ``chid`` on ``node``) arrived: the remote sender it feeds from."""
+        sink = self._remote.get(session)
+        if sink is None:
+            sink = RemoteSink(chid, node, session, recvers, framed)
+            current = self.local.local_sink(chid)
+            if isinstance(current, RemoteSink):  # an older owner our replica still shows: superseded
+                self._drop_remote(current)
+            # Known from the leg before the replica: online until the replica or the leg says otherwise.
+            self._add_remote(sink)
+        sink.legs_in += 1
+        sink.has_sent = True
+        return sink
+
+    def leg_finished(self, sink: RemoteSink) -> None:
+        """The leg's FIN: its sender has finished sending (its receivers here hear of it now)."""
+        if self._remote.get(sink.session) is sink:
+            self.local.finish(sink)
+
+    def leg_retargeted(self, sink: RemoteSink, recvers: tuple[str, ...] | None) -> None:
+        if self._remote.get(sink.session) is sink:
+            self.local.retarget(sink, recvers)
+        sink.recvers = recvers
+
+    def leg_closed(self, sink: RemoteSink) -> None:
+        sink.legs_in -= 1
+        if not sink.legs_in and (sink.gone or not sink.confirmed):
+            self._drop_remote(sink)
+
+    def target_session(self, chid: str, session: str) -> Sink | None:
+        """This node's session ``session`` under ``chid``, if it is still the one online."""
+        sink = self.local.local_sink(chid)
+        if sink is None or isinstance(sink, RemoteSink):
+            return None
+        owner = self._owned.get(sink)
+        return sink if owner is not None and owner.session == session else None
+
+    def route_local(
+        self, leg: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview, fed: set[Sink] | None = None
+    ) -> int:
+        """A leg's bytes to this node's own sessions among ``recvers`` (``None``: all of them).
+
+        ``fed`` collects the sessions reached: if the leg breaks, their streams have a gap.
+        """
+        origin = leg.chid
+        sinks = self.local.sinks
+        targets: Iterable[Sink]
+        if recvers is None:
+            targets = [s for s in sinks.values() if type(s) is not RemoteSink]
+        else:
+            targets = [s for s in (sinks.get(c) for c in recvers) if s is not None and type(s) is not RemoteSink]
+        for sink in targets:
+            if sink.deliver(data, origin):
+                leg.throttle(sink)
+        if fed is not None:
+            fed.update(targets)
+        return 0  # receivers offline everywhere were counted by the sending node
+
+    # -- legs out of this node -------------------------------------------------
+
+    def _leg(self, sender: Sink, node: str, target: RemoteSink | None) -> Leg | None:
+        legs = self._legs.get(sender)
+        if legs is None:
+            legs = self._legs[sender] = {}
+        leg = legs.get(node)
+        raw = target is not None and not sender.framed and sender.recvers is not None and len(sender.recvers) == 1
+        if leg is not None and not leg.done:
+            if not raw or leg.target == (target.chid, target.session):  # type: ignore[union-attr]
+                return leg
+            leg.hang_up()  # its receiver is another session now
+        info = self.registry.node(node)
+        session = self.session_id(sender)
+        if info is None or session is None or not info.get("leg"):
+            return None  # the node's lease lapsed: its sessions are on their way out
+        wanted = (target.chid, target.session) if raw and target is not None else None
+        leg = legs[node] = self._open_leg(sender, session, node, str(info["leg"]), wanted)
+        return leg
+
+    def leg_lost(self, sender: Sink, leg: Leg, reason: str, desc: str, dropped: int) -> None:
+        """A leg broke: its sender's stream has a gap it cannot be told about."""
+        self.leg_failures[reason] = self.leg_failures.get(reason, 0) + 1
+        legs = self._legs.get(sender)
+        if legs is not None:
+            for node, mine in list(legs.items()):
+                if mine is leg:
+                    del legs[node]
+        sender.link_lost(desc, dropped)
+
+    def legs_open(self) -> int:
+        return sum(len(legs) for legs in self._legs.values())
+
+    def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:
+        origin = sender.chid
+        sinks = self.local.sinks
+        if recvers is None:
+            for other in sinks.values():
+                if other is not sender and type(other) is not RemoteSink and other.deliver(data, origin):
+                    sender.throttle(other)
+            for node in list(self._node_sinks):
+                leg = self._leg(sender, node, None)
+                if leg is not None and leg.deliver(data, origin):
+                    sender.throttle(leg)
+            return 0
+        dropped = 0
+        reached: set[str] | None = None
+        for chid in recvers:
+            sink = sinks.get(chid)
+            if sink is None:
+                dropped += len(data)
+            elif type(sink) is RemoteSink:
+                if reached is None:
+                    reached = set()
+                elif sink.node in reached:
+                    continue  # one leg per node carries the bytes once for all its receivers
+                reached.add(sink.node)
+                leg = self._leg(sender, sink.node, sink)
+                if leg is None:
+                    dropped += len(data)
+                elif leg.deliver(data, origin):
+                    sender.throttle(leg)
+            elif sink.deliver(data, origin):
+                sender.throttle(sink)
+        return dropped
+
+    def splice_target(self, sender: Sink, chid: str) -> Sink | None:
+        sink = self.local.local_sink(chid)
+        if type(sink) is not RemoteSink:
+            return sink
+        legs = self._legs.get(sender)
+        leg = legs.get(sink.node) if legs is not None else None
+        return leg if leg is not None and not leg.done and leg.target is not None else None
+
+    # -- the rest of the Router interface --------------------------------------
+
+    def finish(self, sink: Sink) -> None:
+        self.local.finish(sink)
+        if sink not in self._owned:
+            return
+        legs = self._legs.get(sink, {})
+        # Receivers on nodes this sender never sent to must hear of its end too
+        # (5.1): a leg that carries nothing but the FIN.
+        for chid in sink.recvers or ():
+            remote = self.local.local_sink(chid)
+            if type(remote) is RemoteSink and remote.node not in legs:
+                self._leg(sink, remote.node, remote)
+        for leg in self._legs.get(sink, {}).values():
+            leg.end_stream()
+
+    def retarget(self, sink: Sink, recvers: tuple[str, ...] | None) -> None:
+        self.local.retarget(sink, recvers)
+        for leg in self._legs.get(sink, {}).values():
+            leg.retarget(recvers)
+
+    def senders(self, chid: str) -> int:
+        return self.local.senders(chid)
+
+    def has_finished(self, chid: str) -> bool:
+        return self.local.has_finished(chid)
+
+    def when_offline(self, chid: str, callback: Callable[[], None]) -> None:
+        self.local.when_offline(chid, callback)
+
+    def cancel_when_offline(self, chid: str, callback: Callable[[], None]) -> None:
+        self.local.cancel_when_offline(chid, callback)
+
+    def online(self, chids: Iterable[str]) -> list[str]:
+        return self.local.online(chids)
+
+    def is_online(self, chid: str) -> bool:
+        return self.local.is_online(chid)
+
+    def local_sink(self, chid: str) -> Sink | None:
+        sink = self.local.local_sink(chid)
+        return None if type(sink) is RemoteSink else sink
+
+    def hang_up_with(self, sink: Sink, chids: tuple[str, ...]) -> None:
+        self.local.hang_up_with(sink, chids)
+
+    def subscribe(self, sink: Sink, chids: tuple[str, ...] | None) -> None:
+        self.local.subscribe(sink, chids)
+
+    def unsubscribe(self, sink: Sink) -> None:
+        self.local.unsubscribe(sink)
+
+    def all_online(self, limit: int) -> list[str]:
+        return self.local.all_online(limit)
+
+    def watch(self, chids: tuple[str, ...], callback: OnlineCallback) -> None:
+        self.local.watch(chids, callback)
+
+    def unwatch(self, chids: tuple[str, ...], callback: OnlineCallback) -> None:
+        self.local.unwatch(chids, callback)
+
+    @property
+    def remote_sessions(self) -> Mapping[str, RemoteSink]:
+        return self._remote

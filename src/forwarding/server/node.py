@@ -1,0 +1,105 @@
+"""One node of a cluster: the registry, the leg listener, fencing (docs/operations.md, "A cluster").
+
+The relay calls :func:`join` before its client listeners open, so no client
+is served before this node knows who owns what, and :meth:`Node.leave` after
+its sessions have closed, giving its lease back so that the other nodes free
+its chids at once instead of after the lease's lapse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import ssl
+from typing import TYPE_CHECKING
+
+from ..config import ClusterSettings
+from ..routing.cluster import ClusterRouter, Owner
+from ..routing.registry import NatsRegistry, RegistryConfig
+from . import legs
+from .outcome import Outcome
+
+if TYPE_CHECKING:
+    from .relay import Relay
+
+log = logging.getLogger("forwarding.node")
+
+
+def default_node_id() -> str:
+    host = re.sub(r"[^-_a-zA-Z0-9]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.urandom(3).hex()}"
+
+
+class Node:
+    def __init__(self, relay: Relay, settings: ClusterSettings) -> None:
+        self.relay = relay
+        self.settings = settings
+        self.id = settings.node or default_node_id()
+        self.cluster: ClusterRouter | None = None
+        self.registry: NatsRegistry | None = None
+        self.leg_address = ""
+        self._server: asyncio.AbstractServer | None = None
+
+    async def join(self) -> None:
+        relay, settings = self.relay, self.settings
+
+        def accept() -> asyncio.Protocol:
+            assert self.cluster is not None
+            return legs.LegIn(relay, self.cluster)
+
+        host, port = settings.listen
+        self._server = await relay.loop.create_server(accept, host=host, port=port, reuse_address=True, backlog=1024)
+        bound_host, bound_port = self._server.sockets[0].getsockname()[:2]
+        self.leg_address = settings.advertise or (
+            f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
+        )
+        tls = None
+        if settings.tls_ca:
+            tls = ssl.create_default_context(cafile=settings.tls_ca)
+        config = RegistryConfig(
+            servers=settings.servers,
+            node=self.id,
+            leg=self.leg_address,
+            lease_ttl=settings.lease_ttl,
+            fence_margin=min(4.0, settings.lease_ttl / 4),
+            renew_every=min(2.0, settings.lease_ttl / 8),
+            replicas=settings.replicas,
+            memory=settings.memory,
+            creds=settings.creds,
+            tls=tls,
+        )
+        self.registry = NatsRegistry(config, on_change=self._changed, on_fenced=self._fenced)
+        self.cluster = ClusterRouter(self.id, self.registry, legs.opener(relay))
+        relay.router = relay.cluster = self.cluster
+        await self.registry.start()
+        fields = {"node": self.id, "legs": self.leg_address, "nats": ",".join(settings.servers)}
+        log.info("joined the cluster", extra={"fields": fields})
+
+    def _changed(self, chid: str, owner: Owner | None) -> None:
+        if self.cluster is not None:
+            self.cluster.registry_changed(chid, owner)
+
+    def _fenced(self) -> None:
+        # From now on another node may own our chids: no session of ours may go on
+        # as if it still held its chid (docs/protocol.md, "A cluster").
+        sessions = list(self.relay.sessions)
+        log.error("closing every session: the registry lease was lost", extra={"fields": {"sessions": len(sessions)}})
+        for session in sessions:
+            session.close(Outcome.CLUSTER_UNAVAILABLE, "this relay node lost its cluster registry; reconnect")
+
+    async def leave(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for leg in list(self.relay.legs):
+            leg.close(Outcome.SHUTDOWN)
+        if self.cluster is not None:
+            await self.cluster.close()
+        if self.registry is not None:
+            await self.registry.close(release=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
