@@ -5,9 +5,28 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import struct
 import threading
+import time
 
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake
+from ..integration.test_framed import Framed
+
+
+def pair(x: ServerProcess, a: str, y: ServerProcess, b: str, **hs3: object) -> tuple[Client, Client]:
+    """``a`` on node ``x`` and ``b`` on node ``y``, each the other's recver, each knowing the other online.
+
+    A node learns of another node's sessions a few milliseconds late (docs/protocol.md,
+    "A cluster"): ``wait`` on both ends is how a client makes sure.
+    """
+    cb = Client(y.address)
+    cb.send_json({"req": "hs1", "chid": b})
+    assert cb.read_line()["rsp"] == "hs2"
+    cb.send_json({"req": "hs3", "recvers": [a], "wait": True, **hs3})
+    ca, _ = handshake(x, a, [b], wait=True, **hs3)
+    hs4 = cb.read_line()
+    assert hs4["result"] == "OK", hs4
+    return ca, cb
 
 
 def test_a_chid_claimed_on_one_node_is_refused_on_another(nodes: list[ServerProcess]) -> None:
@@ -38,8 +57,7 @@ def test_a_pair_across_nodes_moves_bytes_both_ways(nodes: list[ServerProcess]) -
 def test_64_mib_cross_node_intact_both_ways_and_spliced_at_both_ends(nodes: list[ServerProcess]) -> None:
     size = 64 << 20
     blob_ab, blob_ba = os.urandom(1 << 20) * 64, os.urandom(1 << 20)[::-1] * 64
-    b, _ = handshake(nodes[1], "bob", ["alice"])
-    a, _ = handshake(nodes[0], "alice", ["bob"], wait=True)
+    a, b = pair(nodes[0], "alice", nodes[1], "bob")
     got: dict[str, str] = {}
 
     def pump(src: Client, blob: bytes) -> None:
@@ -66,3 +84,99 @@ def test_64_mib_cross_node_intact_both_ways_and_spliced_at_both_ends(nodes: list
         node.wait_for_count(r"splicing", 2)
     a.close()
     b.close()
+
+
+def test_20_concurrent_claims_of_one_chid_over_three_nodes_give_exactly_one_ok(nodes: list[ServerProcess]) -> None:
+    clients = [Client(nodes[i % 3].address) for i in range(20)]
+    barrier = threading.Barrier(len(clients))
+    results: list[str] = []
+    lock = threading.Lock()
+
+    def claim(c: Client) -> None:
+        barrier.wait(TIMEOUT)
+        c.send_json({"req": "hs1", "chid": "contested"})
+        reply = c.read_line()
+        if reply["rsp"] == "hs2":
+            c.send_json({"req": "hs3"})
+            reply = c.read_line()
+        with lock:
+            results.append(str(reply["result"]) + ":" + str(reply.get("code", "")))
+
+    threads = [threading.Thread(target=claim, args=(c,)) for c in clients]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert sorted(results) == ["FAIL:chid_in_use"] * 19 + ["OK:"], results
+    for c in clients:
+        c.close()
+
+
+def test_fan_out_from_one_node_reaches_receivers_on_every_node(nodes: list[ServerProcess]) -> None:
+    receivers = [handshake(nodes[i], f"r{i}")[0] for i in range(3)]
+    receivers.append(handshake(nodes[1], "r1b")[0])  # two on one node: one leg carries both
+    tx, _ = handshake(nodes[0], "tx", ["r0", "r1", "r2", "r1b"], wait=True)
+    message = os.urandom(200_000)
+    tx.sock.sendall(message)
+    for r in receivers:
+        assert r.recv_exactly(len(message)) == message
+    for c in (tx, *receivers):
+        c.close()
+
+
+def online_everywhere(node: ServerProcess, chids: list[str]) -> Framed:
+    """A framed broadcast session on ``node`` once that node sees every one of ``chids`` online."""
+    watcher = Framed(node, "watcher-" + os.urandom(4).hex())
+    deadline = time.monotonic() + TIMEOUT
+    while not set(chids) <= set(watcher.command("online")["online"]):  # type: ignore[arg-type]
+        assert time.monotonic() < deadline, f"{chids} not all online on this node in {TIMEOUT} s"
+        time.sleep(0.02)
+    return watcher
+
+
+def test_broadcast_reaches_every_other_session_on_every_node(nodes: list[ServerProcess]) -> None:
+    others = [handshake(nodes[i], f"o{i}")[0] for i in range(3)]
+    bc = online_everywhere(nodes[0], ["o0", "o1", "o2"])  # broadcasts too: it names nobody
+    bc.send(b"to all")
+    for o in others:
+        assert o.recv_exactly(6) == b"to all"
+    for c in (bc.c, *others):
+        c.close()
+
+
+def test_wait_is_satisfied_by_a_chid_that_comes_online_on_another_node(nodes: list[ServerProcess]) -> None:
+    a = Client(nodes[0].address)
+    a.send_json({"req": "hs1", "chid": "early"})
+    assert a.read_line()["rsp"] == "hs2"
+    a.send_json({"req": "hs3", "recvers": ["late"], "wait": True})
+    b, _ = handshake(nodes[2], "late", ["early"])
+    hs4 = a.read_line()
+    assert hs4["result"] == "OK" and hs4["online"] == ["late"], hs4
+    b.sock.sendall(b"ping")
+    assert a.recv_exactly(4) == b"ping"
+    a.close()
+    b.close()
+
+
+def test_hangup_across_nodes_closes_the_partner(nodes: list[ServerProcess]) -> None:
+    b, _ = handshake(nodes[1], "hb")
+    a, _ = handshake(nodes[0], "ha", ["hb"], wait=True, hangup=True)
+    b.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    b.close()  # a reset: gone at once (a FIN only ends its sending, 5.1)
+    a.assert_closed()
+    assert 'reason="peer_left"' in nodes[0].closed_line("ha")
+
+
+def test_a_raw_receiver_that_sent_fin_still_gets_a_remote_senders_reply_then_eof(nodes: list[ServerProcess]) -> None:
+    # Request / response with half-close, the two ends on two nodes: the asker's
+    # FIN must not end the stream while the answerer, elsewhere, still names it.
+    answerer, asker = pair(nodes[0], "answerer", nodes[1], "asker")
+    asker.sock.sendall(b"question")
+    asker.sock.shutdown(socket.SHUT_WR)
+    assert answerer.recv_exactly(8) == b"question"
+    answerer.sock.sendall(b"answer")
+    answerer.sock.shutdown(socket.SHUT_WR)
+    assert asker.recv_until_eof() == b"answer"
+    assert answerer.recv_until_eof() == b""
+    asker.close()
+    answerer.close()
