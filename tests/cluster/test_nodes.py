@@ -124,9 +124,9 @@ def test_fan_out_from_one_node_reaches_receivers_on_every_node(nodes: list[Serve
         c.close()
 
 
-def online_everywhere(node: ServerProcess, chids: list[str]) -> Framed:
+def online_everywhere(node: ServerProcess, chids: list[str], chid: str = "watcher") -> Framed:
     """A framed broadcast session on ``node`` once that node sees every one of ``chids`` online."""
-    watcher = Framed(node, "watcher-" + os.urandom(4).hex())
+    watcher = Framed(node, chid)
     deadline = time.monotonic() + TIMEOUT
     while not set(chids) <= set(watcher.command("online")["online"]):  # type: ignore[arg-type]
         assert time.monotonic() < deadline, f"{chids} not all online on this node in {TIMEOUT} s"
@@ -180,3 +180,42 @@ def test_a_raw_receiver_that_sent_fin_still_gets_a_remote_senders_reply_then_eof
     assert answerer.recv_until_eof() == b""
     asker.close()
     answerer.close()
+
+
+def test_framed_presence_events_and_attribution_across_nodes(nodes: list[ServerProcess]) -> None:
+    watcher = Framed(nodes[0], "fw", ["fx"])
+    assert watcher.command("subscribe", presence=True)["online"] == []
+    x, _ = handshake(nodes[1], "fx", ["fw"], wait=True)
+    assert watcher.event() == {"event": "online", "chid": "fx"}
+    x.sock.sendall(b"from far away")
+    got = b""
+    while len(got) < 13:
+        chid, payload = watcher.message()
+        assert chid == "fx"
+        got += payload
+    assert got == b"from far away"
+    x.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    x.close()
+    # Its end of stream first, then its going offline: the order one node gives (5.1, 12).
+    assert watcher.event() == {"event": "eof", "chid": "fx"}
+    assert watcher.event() == {"event": "offline", "chid": "fx"}
+    watcher.c.close()
+
+
+def test_a_framed_recvers_switch_between_a_local_and_a_remote_receiver_keeps_each_ones_order(
+    nodes: list[ServerProcess],
+) -> None:
+    near = Framed(nodes[0], "near")
+    far = Framed(nodes[1], "far")
+    tx = online_everywhere(nodes[0], ["near", "far"], "switcher")
+    expected: dict[str, list[bytes]] = {"near": [], "far": []}
+    for i in range(60):
+        to = "near" if i % 3 else "far"
+        tx.command("recvers", recvers=[to])
+        payload = f"{i:03d}".encode() * 100
+        tx.send(payload)
+        expected[to].append(payload)
+    for name, rx in (("near", near), ("far", far)):
+        for payload in expected[name]:
+            assert rx.message() == ("switcher", payload)
+    tx.c.close()
