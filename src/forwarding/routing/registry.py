@@ -50,6 +50,9 @@ SWEEP_ATTEMPTS = 40
 SWEEP_RETRY = 0.5
 """A sweep retries for 20 s: longer than JetStream takes to elect a new leader."""
 
+CLOSE_WAIT = 2.0
+"""Seconds the lease's release and the connection's close may take at shutdown."""
+
 CHIDS = "forwarding-chids"
 NODES = "forwarding-nodes"
 
@@ -178,11 +181,14 @@ class NatsRegistry:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         if self._nc is not None:
-            if release and self._nodes is not None and self._lease_revision and not self._fenced:
+            if release and self._nodes is not None and self._lease_revision and self.available:
                 with contextlib.suppress(Exception):
-                    await self._nodes.delete(self._node_key(self.config.node), last=self._lease_revision)
+                    await asyncio.wait_for(
+                        self._nodes.delete(self._node_key(self.config.node), last=self._lease_revision), CLOSE_WAIT
+                    )
             with contextlib.suppress(Exception):
-                await self._nc.close()
+                # A client still reconnecting would wait for a server to flush to: not on the way out.
+                await asyncio.wait_for(self._nc.close(), CLOSE_WAIT)
 
     async def _nats_error(self, exc: Exception) -> None:
         log.debug("nats", extra={"fields": {"error": str(exc) or type(exc).__name__}})

@@ -1,0 +1,185 @@
+"""One fault at a time, mid-stream, in a real three-node cluster (../shared/design/cluster.md, 8).
+
+What each asserts: the receiver got a prefix of what was sent, never reordered
+or duplicated; every session whose stream has a gap is closed with
+``link_lost`` within a bound; sent = received + counted dropped + at most what
+the kernel buffers on the path can hold; the sessions between unaffected
+nodes lose nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+
+from ..integration.conftest import TIMEOUT, Client, ServerProcess
+from .conftest import free_port
+from .faults import EndWatcher, LegProxy, Receiver, Streamer, kernel_buffer_bound
+from .test_nodes import pair
+
+FAST = ("--slow-receiver-timeout", "2", "--lease-ttl", "4")
+DETECT = 8 + 2 + 1 + 3
+"""Keepalive (5 s idle + 3 x 1 s), the slow-receiver timeout, a second, and slack for a busy 2-core CI machine."""
+
+
+def closed_fields(node: ServerProcess, chid: str, timeout: float = TIMEOUT) -> dict[str, str]:
+    line = node.wait_for_log(rf'session closed chid="{re.escape(chid)}".*', timeout).group(0)
+    return dict(re.findall(r'(\w+)="?([^" ]*)"?', line))
+
+
+def claim_result(node: ServerProcess, chid: str) -> str:
+    c = Client(node.address)
+    c.send_json({"req": "hs1", "chid": chid})
+    reply = c.read_line()
+    if reply["rsp"] == "hs2":
+        c.send_json({"req": "hs3"})
+        reply = c.read_line()
+    c.close()
+    return str(reply.get("code") or reply["result"])
+
+
+def streaming_pair(x: ServerProcess, a: str, y: ServerProcess, b: str) -> tuple[Streamer, Receiver]:
+    ca, cb = pair(x, a, y, b)
+    tx, rx = Streamer(ca), Receiver(cb)
+    tx.start()
+    rx.start()
+    rx.wait_for(1 << 20)
+    return tx, rx
+
+
+def cut_off(tx: Streamer, since: float, bound: float) -> None:
+    """The relay ends the sender's session within ``bound`` seconds of ``since``; the client then closes."""
+    ended = EndWatcher(tx.client).wait(bound)
+    assert ended - since < bound
+    tx.stop.set()
+    tx.join(TIMEOUT)
+    tx.client.close()
+
+
+def test_kill_9_of_the_receivers_node(start_node: Callable[..., ServerProcess]) -> None:
+    n0, n1, n2 = (start_node(i, *FAST) for i in range(3))
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    other_tx, other_rx = streaming_pair(n0, "carol", n2, "dave")
+    n1.proc.kill()
+    killed = time.monotonic()
+    # The chid of a dead node is not free while its lease may live; then it is.
+    assert claim_result(n2, "bob") == "chid_in_use"
+    cut_off(tx, killed, DETECT)
+    fields = closed_fields(n0, "alice")
+    assert fields["reason"] == "link_lost", fields
+    rx.join(TIMEOUT)
+    assert rx.intact, "bob got something other than a prefix of alice's stream"
+    sent, received, dropped = int(fields["in"]), rx.received, int(fields["dropped"])
+    assert received + dropped <= sent <= tx.sent
+    assert sent - received - dropped <= kernel_buffer_bound(4), (sent, received, dropped)
+    deadline = time.monotonic() + 4 + 1 + TIMEOUT
+    while claim_result(n2, "bob") != "OK":
+        assert time.monotonic() < deadline, "bob's chid was not freed after its node's lease lapsed"
+        time.sleep(0.1)
+    # The pair between the surviving nodes lost nothing and kept going.
+    other_rx.wait_for_growth()
+    other_tx.finish()
+    other_rx.join(TIMEOUT)
+    assert other_rx.ended == "eof" and other_rx.intact and other_rx.received == other_tx.sent
+
+
+def test_a_reset_leg_closes_both_ends_with_link_lost(start_node: Callable[..., ServerProcess]) -> None:
+    leg_port = free_port()
+    proxy = LegProxy(("127.0.0.1", leg_port))
+    proxy.start()
+    n0 = start_node(0, *FAST)
+    n1 = start_node(
+        1, *FAST, "--cluster-listen", f"127.0.0.1:{leg_port}", "--cluster-advertise", f"127.0.0.1:{proxy.port}"
+    )
+    n2 = start_node(2, *FAST)
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    other_tx, other_rx = streaming_pair(n0, "carol", n2, "dave")
+    assert proxy.connections >= 1
+    proxy.reset()
+    reset = time.monotonic()
+    cut_off(tx, reset, DETECT)
+    sender = closed_fields(n0, "alice")
+    receiver = closed_fields(n1, "bob", DETECT)
+    assert sender["reason"] == "link_lost" and receiver["reason"] == "link_lost", (sender, receiver)
+    rx.join(TIMEOUT)
+    assert rx.intact
+    sent, received, dropped = int(sender["in"]), rx.received, int(sender["dropped"])
+    assert received + dropped <= sent
+    assert sent - received - dropped <= kernel_buffer_bound(4), (sent, received, dropped)
+    other_rx.wait_for_growth()
+    other_tx.finish()
+    other_rx.join(TIMEOUT)
+    assert other_rx.ended == "eof" and other_rx.intact and other_rx.received == other_tx.sent
+    proxy.close()
+
+
+def test_a_black_holed_leg_is_found_and_its_sender_closed(start_node: Callable[..., ServerProcess]) -> None:
+    leg_port = free_port()
+    proxy = LegProxy(("127.0.0.1", leg_port))
+    proxy.start()
+    n0 = start_node(0, *FAST)
+    n1 = start_node(
+        1, *FAST, "--cluster-listen", f"127.0.0.1:{leg_port}", "--cluster-advertise", f"127.0.0.1:{proxy.port}"
+    )
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    proxy.forwarding = False
+    stalled = time.monotonic()
+    cut_off(tx, stalled, DETECT + 10)  # the leg stalls once the buffers on the way are full
+    sender = closed_fields(n0, "alice")
+    assert sender["reason"] == "link_lost", sender
+    # The partition heals as a real one would: the far end learns its peer is gone.
+    proxy.reset()
+    receiver = closed_fields(n1, "bob", DETECT)
+    assert receiver["reason"] == "link_lost", receiver
+    rx.join(TIMEOUT)
+    assert rx.intact
+    proxy.close()
+
+
+def test_a_stalled_remote_receiver_throttles_its_sender_then_is_cut_and_the_sender_goes_on(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    n0, n1 = (start_node(i, *FAST) for i in range(2))
+    ca, cb = pair(n0, "alice", n1, "bob")
+    base = n0.rss_kib(), n1.rss_kib()
+    tx = Streamer(ca)
+    tx.start()  # bob never reads
+    receiver = closed_fields(n1, "bob", TIMEOUT)
+    assert receiver["reason"] == "slow_receiver", receiver
+    held = tx.sent
+    assert held <= kernel_buffer_bound(4) + 4 * (1 << 20), f"{held} bytes taken for a receiver that reads nothing"
+    assert n0.rss_kib() - base[0] < 64 * 1024 and n1.rss_kib() - base[1] < 64 * 1024
+    # Bob is gone; alice is not cut off but goes on (what she sends now is dropped, and counted).
+    deadline = time.monotonic() + TIMEOUT
+    while tx.sent < held + (8 << 20):
+        assert tx.is_alive() and time.monotonic() < deadline, f"alice stuck at {tx.sent} bytes"
+        time.sleep(0.01)
+    tx.finish()
+    sender = closed_fields(n0, "alice")
+    assert sender["reason"] == "client_closed", sender
+    assert int(sender["dropped"]) > 0
+    cb.close()
+
+
+def test_new_handshakes_are_refused_as_unavailable_while_the_registry_is_out_of_reach(
+    start_node: Callable[..., ServerProcess], nats_cluster: list[object]
+) -> None:
+    n0, n1 = (start_node(i) for i in range(2))
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    nats_cluster[0].kill()  # type: ignore[attr-defined]  # n0's only NATS server
+    deadline = time.monotonic() + TIMEOUT
+    while (result := claim_result(n0, "newcomer")) != "unavailable":
+        assert result == "OK" or result == "chid_in_use", result
+        assert time.monotonic() < deadline, "claims went on without a registry"
+        time.sleep(0.2)
+    rx.wait_for_growth()  # the data path does not touch NATS
+    # The other node, whose server lives, claims again once JetStream has moved
+    # the buckets' leaders off the dead server (some seconds).
+    deadline = time.monotonic() + 2 * TIMEOUT
+    while claim_result(n1, "elsewhere") != "OK":
+        assert time.monotonic() < deadline, "claims on the other node did not come back"
+        time.sleep(0.2)
+    tx.finish()
+    rx.join(TIMEOUT)
+    assert rx.ended == "eof" and rx.intact and rx.received == tx.sent
