@@ -369,7 +369,11 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--cluster-creds", metavar="FILE", help="NATS credentials file")
     p.add_argument("--cluster-ca", metavar="PEM", help="CA bundle for tls:// NATS servers")
-    p.add_argument("--cluster-memory", action="store_true", help=argparse.SUPPRESS)  # one host (--workers)
+    p.add_argument(
+        "--cluster-memory",
+        action="store_true",
+        help="keep the registry's buckets in memory, not on file (nodes of one host that start together)",
+    )
 
 
 def _cluster_settings(args: argparse.Namespace) -> ClusterSettings | None:

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from ..integration.conftest import TIMEOUT, Client, ServerProcess
+from ..integration.test_framed import Framed
 from .conftest import free_port
 from .faults import EndWatcher, LegProxy, Receiver, Streamer, kernel_buffer_bound
 from .test_nodes import pair
@@ -183,3 +184,48 @@ def test_new_handshakes_are_refused_as_unavailable_while_the_registry_is_out_of_
     tx.finish()
     rx.join(TIMEOUT)
     assert rx.ended == "eof" and rx.intact and rx.received == tx.sent
+
+
+def test_losing_the_nats_quorum_refuses_handshakes_then_fences_the_nodes(
+    start_node: Callable[..., ServerProcess], nats_cluster: list[object]
+) -> None:
+    n0, n1 = (start_node(i, "--lease-ttl", "4") for i in range(2))
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    watcher = Framed(n0, "framed-one")
+    for server in nats_cluster[1:]:
+        server.kill()  # type: ignore[attr-defined]  # n0 keeps its server, without a JetStream quorum
+    cut = time.monotonic()
+    assert claim_result(n0, "newcomer") == "unavailable"
+    # The streams went on meanwhile; then each node, unable to renew its lease, closes
+    # its sessions before another node could take their chids: framed ones are told why.
+    event = watcher.event()
+    assert event["event"] == "close" and event["code"] == "cluster_unavailable", event
+    assert time.monotonic() - cut < 4 + TIMEOUT
+    cut_off(tx, cut, 4 + TIMEOUT)
+    assert closed_fields(n0, "alice")["reason"] == "cluster_unavailable"
+    rx.join(TIMEOUT)
+    assert rx.intact
+    assert claim_result(n0, "newcomer") == "unavailable"
+
+
+def test_a_node_restarted_with_the_same_id_does_not_bring_back_its_old_chids(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    n0 = start_node(0, *FAST)
+    n1 = start_node(1, *FAST)
+    watcher = Framed(n0, "watcher", ["bob"])
+    assert watcher.command("subscribe", presence=True)["online"] == []
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    assert watcher.event() == {"event": "online", "chid": "bob"}
+    n1.proc.kill()
+    again = start_node(1, *FAST)  # waits for the dead run's lease to lapse, then joins
+    # The survivors hear bob go offline, and his chid is free again, on the new run too.
+    event = watcher.event()
+    while event.get("event") == "eof":
+        event = watcher.event()
+    assert event == {"event": "offline", "chid": "bob"}
+    deadline = time.monotonic() + TIMEOUT
+    while claim_result(again, "bob") != "OK":
+        assert time.monotonic() < deadline, "the new run of node1 still sees its old chid"
+        time.sleep(0.1)
+    cut_off(tx, time.monotonic(), DETECT)

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 
-from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake
+from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from ..integration.test_framed import Framed
 
 
@@ -219,3 +224,31 @@ def test_a_framed_recvers_switch_between_a_local_and_a_remote_receiver_keeps_eac
         for payload in expected[name]:
             assert rx.message() == ("switcher", payload)
     tx.c.close()
+
+
+def test_metrics_and_admin_say_which_node_and_count_legs(
+    start_node: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    sock = str(tmp_path / "admin.sock")
+    n0 = start_node(0, "--metrics", "127.0.0.1:0", "--admin-socket", sock)
+    n1 = start_node(1, "--metrics", "127.0.0.1:0")
+    a, b = pair(n0, "alice", n1, "bob")
+    a.sock.sendall(b"x" * 1000)
+    assert b.recv_exactly(1000) == b"x" * 1000
+    b.sock.sendall(b"y")
+    assert a.recv_exactly(1) == b"y"
+    m0, m1 = scrape_metrics(metrics_port(n0)), scrape_metrics(metrics_port(n1))
+    assert m0['forwarding_cluster_node{node="node0"}'] == 1 and m0["forwarding_cluster_available"] == 1
+    # One leg each way: alice's to node1, bob's to node0.
+    for m in (m0, m1):
+        assert m['forwarding_legs_open{direction="out"}'] == 1 and m['forwarding_legs_open{direction="in"}'] == 1
+        assert m["forwarding_cluster_remote_sessions"] >= 1
+    assert m0["forwarding_registry_claim_seconds_count"] >= 1
+    out = subprocess.run(
+        [sys.executable, "-m", "forwarding", "admin", sock, "sessions", "--json"],
+        capture_output=True, text=True, timeout=TIMEOUT, check=True,
+    )  # fmt: skip
+    rows = json.loads(out.stdout)
+    assert [(r["chid"], r["node"]) for r in rows] == [("alice", "node0")]
+    a.close()
+    b.close()

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -45,6 +46,8 @@ class Owner:
     recvers: tuple[str, ...] | None = ()
     """The session's recvers at its claim (``None``: broadcast): other nodes count its fan-in."""
     framed: bool = False
+    epoch: str = ""
+    """The run of the node that claimed it: a node restarted with the same id is a new epoch."""
 
 
 def new_session_id() -> str:
@@ -169,6 +172,9 @@ class ClusterRouter:
         self._tasks: set[asyncio.Task[None]] = set()
         self.leg_failures: dict[str, int] = {}
         """Legs that broke, by reason: for metrics."""
+        self.claims = 0
+        self.claim_seconds = 0.0
+        """Registry round trips of the claims answered, and their total time: its latency, for metrics."""
 
     def __len__(self) -> int:
         return len(self._owned)
@@ -188,8 +194,11 @@ class ClusterRouter:
 
     async def _claim(self, sink: Sink, done: ClaimDone) -> None:
         chid = sink.chid
+        began = time.monotonic()
         try:
             owner = await self.registry.claim(chid, new_session_id(), sink.recvers, sink.framed)
+            self.claims += 1
+            self.claim_seconds += time.monotonic() - began
         except Unavailable as exc:
             log.warning("claim refused: registry unavailable", extra={"fields": {"chid": chid, "error": str(exc)}})
             done("unavailable")

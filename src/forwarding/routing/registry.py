@@ -3,7 +3,7 @@
 The only module that talks to NATS (../shared/design/cluster.md, 7.2). The router
 that uses it is routing/cluster.py.
 
-* Bucket ``chids``: ``c.<base64url(chid)>`` -> ``{"node", "session", "recvers", "framed"}``. A claim
+* Bucket ``chids``: ``c.<base64url(chid)>`` -> ``{"node", "session", "epoch", "recvers", "framed"}``. A claim
   is a create-if-absent (of two nodes racing, exactly one wins); a release is
   a delete on the claim's revision, so a node never deletes a newer owner's
   claim.
@@ -143,7 +143,9 @@ class NatsRegistry:
         )
         js = self._js = self._nc.jetstream()
         storage = StorageType.MEMORY if self.config.memory else StorageType.FILE
-        deadline = loop.time() + timeout
+        # An earlier run of this node id that died holds its lease for up to one TTL more.
+        deadline = loop.time() + timeout + self.config.lease_ttl
+        waiting_told = False
         while True:
             # A new cluster elects its JetStream meta leader first: retry until then.
             try:
@@ -161,6 +163,13 @@ class NatsRegistry:
                 )
                 await self._take_lease()  # a new replicated bucket may still be choosing its leader
                 break
+            except Unavailable as exc:
+                if loop.time() > deadline:
+                    raise
+                if not waiting_told:
+                    waiting_told = True
+                    log.warning("waiting for the lease of this node id to lapse", extra={"fields": {"why": str(exc)}})
+                await asyncio.sleep(0.25)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
                 if loop.time() > deadline:
                     raise
@@ -205,7 +214,7 @@ class NatsRegistry:
         """Take ``chid`` for ``session`` on this node if nobody holds it; ``None`` if somebody does."""
         if not self.available or self._chids is None:
             raise Unavailable("the registry is unreachable")
-        fields: dict[str, Any] = {"node": self.config.node, "session": session}
+        fields: dict[str, Any] = {"node": self.config.node, "session": session, "epoch": self.epoch}
         if recvers != ():  # the value stays small
             fields["recvers"] = None if recvers is None else list(recvers)
         if framed:
@@ -219,7 +228,12 @@ class NatsRegistry:
             # losing, to tell a live key from a deleted one; a read that reaches a
             # replica still without the winner's write says "not found": lost too.)
             stale = self._owners.get(chid)
-            if stale is None or stale.node in self._live_nodes or not await self._lease_gone(stale.node):
+            if stale is None:
+                return None
+            # An earlier run of this very node id left it behind (we hold the id's lease now,
+            # so that run is over); or its node's lease has lapsed and the sweep has not come yet.
+            leftover = stale.node == self.config.node and stale.epoch != self.epoch
+            if not leftover and (stale.node in self._live_nodes or not await self._lease_gone(stale.node)):
                 return None
             # Its node's lease has lapsed and the sweep has not come yet: take it over.
             try:
@@ -228,7 +242,7 @@ class NatsRegistry:
                 return None
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable(str(exc) or type(exc).__name__) from exc
-        owner = Owner(self.config.node, session, revision, recvers, framed)
+        owner = Owner(self.config.node, session, revision, recvers, framed, self.epoch)
         self._set_owner(chid, owner)
         return owner
 
@@ -349,6 +363,7 @@ class NatsRegistry:
                 entry.revision,
                 None if recvers is None else tuple(recvers),
                 bool(value.get("framed", False)),
+                str(value.get("epoch", "")),
             ),
         )
 
@@ -390,8 +405,8 @@ class NatsRegistry:
             return
         freed = 0
         for chid, owner in list(self._owners.items()):
-            if owner.node != node:
-                continue
+            if owner.node != node or owner.epoch != epoch:
+                continue  # the same id may be back already, as a new epoch with new claims
             for _ in range(SWEEP_ATTEMPTS):
                 try:
                     await self._chids.delete(chid_key(chid), last=owner.revision)

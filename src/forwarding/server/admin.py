@@ -5,6 +5,7 @@ only the relay's user may use it). Each request is one JSON line, each answer
 one JSON line; ``forwarding admin PATH ...`` speaks it (docs/operations.md):
 
 * ``{"cmd": "sessions"}`` -> ``{"ok": true, "sessions": [{chid, peer, recvers, mode, in, out, dropped, age, idle}]}``
+  (and ``node`` in each row on a cluster node)
 * ``{"cmd": "close", "chid": C}`` -> closes that session (outcome ``admin_closed``)
 * ``{"cmd": "reload"}`` -> re-reads the configuration (as SIGHUP does)
 * ``{"cmd": "drain"}`` -> stops accepting and exits once the sessions are gone or the drain grace is over (SIGUSR2)
@@ -93,6 +94,9 @@ class AdminProtocol(asyncio.Protocol):
         relay = self._relay
         if cmd == "sessions":
             rows = status.sessions(relay)
+            if relay.cluster is not None:  # a cluster node lists its own sessions: say whose they are
+                for row in rows:
+                    row["node"] = relay.cluster.node
             return {"ok": True, "sessions": sorted(rows, key=lambda r: str(r["chid"]))}
         if cmd == "close":
             chid = req.get("chid")

@@ -16,13 +16,15 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, cast
 
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
 from . import status
+from .legs import LegOut
 from .outcome import Outcome
 
 if TYPE_CHECKING:
+    from ..routing.cluster import ClusterRouter
     from .relay import Relay
 
 log = logging.getLogger("forwarding.metrics")
@@ -117,6 +119,38 @@ class RelayCollector(Collector):
             "Bytes clients sent that were read and discarded: after the close began, or past a quota.",
             discarded,
         )
+        if self._relay.cluster is not None:
+            yield from self._cluster(self._relay.cluster)
+
+    def _cluster(self, cluster: ClusterRouter) -> Iterator[Metric]:
+        info = GaugeMetricFamily("forwarding_cluster_node", "This relay's node id in its cluster.", labels=["node"])
+        info.add_metric([cluster.node], 1)
+        yield info
+        yield GaugeMetricFamily(
+            "forwarding_cluster_available",
+            "1 while the registry is reachable and this node holds its lease; 0: new handshakes get unavailable.",
+            1 if cluster.registry.available else 0,
+        )
+        yield GaugeMetricFamily(
+            "forwarding_cluster_remote_sessions", "Sessions of other nodes, as this node's replica knows them.",
+            len(cluster.remote_sessions),
+        )  # fmt: skip
+        legs = GaugeMetricFamily("forwarding_legs_open", "Node-to-node legs, by direction.", labels=["direction"])
+        outgoing = sum(1 for leg in self._relay.legs if isinstance(leg, LegOut))
+        legs.add_metric(["out"], outgoing)
+        legs.add_metric(["in"], len(self._relay.legs) - outgoing)
+        yield legs
+        failures = CounterMetricFamily(
+            "forwarding_leg_failures", "Legs that broke (their sessions closed with link_lost), by reason.",
+            labels=["reason"],
+        )  # fmt: skip
+        for reason, n in sorted(cluster.leg_failures.items()):
+            failures.add_metric([reason], n)
+        yield failures
+        yield SummaryMetricFamily(
+            "forwarding_registry_claim_seconds", "Time the registry took to answer hs3's claims.",
+            count_value=cluster.claims, sum_value=cluster.claim_seconds,
+        )  # fmt: skip
 
 
 async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:

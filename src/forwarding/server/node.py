@@ -89,7 +89,9 @@ class Node:
         sessions = list(self.relay.sessions)
         log.error("closing every session: the registry lease was lost", extra={"fields": {"sessions": len(sessions)}})
         for session in sessions:
-            session.close(Outcome.CLUSTER_UNAVAILABLE, "this relay node lost its cluster registry; reconnect")
+            # Framed sessions get a close event, handshakes a FAIL they may retry elsewhere.
+            code = "cluster_unavailable" if session.established else "unavailable"
+            session.close(Outcome.CLUSTER_UNAVAILABLE, "this relay node lost its cluster registry", reason_code=code)
 
     async def leave(self) -> None:
         if self._server is not None:

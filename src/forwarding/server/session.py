@@ -831,8 +831,12 @@ class Session(asyncio.Protocol, Expiring):
     def close(self, outcome: Outcome, desc: str | None = None, abort: bool = False, reason_code: str = "") -> None:
         """Close the session for a server-side reason (shutdown, admin, a framing error).
 
-        A framed session gets a close event first, saying why (unless aborted).
+        A framed session gets a close event first, saying why (unless aborted);
+        a handshaking one given a ``reason_code`` gets FAIL with that code.
         """
+        if self.outcome is None and self._hs is not None and reason_code and not abort:
+            self._refuse(outcome, desc or outcome.value, reason_code)
+            return
         if self.outcome is None:
             self.outcome = outcome
             self.desc = desc

@@ -62,7 +62,11 @@ def _ask(path: str, request: dict[str, Any]) -> dict[str, Any]:
 
 
 def _show(sessions: list[dict[str, Any]]) -> None:
-    table = Table(title=f"{len(sessions)} session" + ("" if len(sessions) == 1 else "s"))
+    title = f"{len(sessions)} session" + ("" if len(sessions) == 1 else "s")
+    nodes = sorted({str(s["node"]) for s in sessions if "node" in s})
+    if nodes:  # a cluster node: the admin socket and its sessions are per node
+        title += " on node " + ", ".join(nodes)
+    table = Table(title=title)
     for column in ("chid", "peer", "recvers", "mode", "in", "out", "dropped", "age s", "idle s"):
         table.add_column(column, justify="right" if column in ("in", "out", "dropped", "age s", "idle s") else "left")
     for s in sessions:

@@ -1,0 +1,212 @@
+"""The cluster router without sockets or NATS: a registry and legs that only record what they are asked."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from forwarding.routing.base import Sink
+from forwarding.routing.cluster import ClusterRouter, Owner, RemoteSink, Unavailable
+
+from .test_router import FakeSink
+
+
+class FakeRegistry:
+    def __init__(self) -> None:
+        self.available = True
+        self.taken: set[str] = set()
+        self.revision = 0
+        self.released: list[str] = []
+        self.nodes: dict[str, dict[str, Any]] = {"b": {"leg": "127.0.0.1:2"}, "c": {"leg": "127.0.0.1:3"}}
+
+    async def claim(self, chid: str, session: str, recvers: Any = (), framed: bool = False) -> Owner | None:
+        if not self.available:
+            raise Unavailable("down")
+        if chid in self.taken:
+            return None
+        self.taken.add(chid)
+        self.revision += 1
+        return Owner("a", session, self.revision, recvers, framed)
+
+    async def release(self, chid: str, owner: Owner) -> bool:
+        self.taken.discard(chid)
+        self.released.append(chid)
+        return True
+
+    def node(self, node_id: str) -> dict[str, Any] | None:
+        return self.nodes.get(node_id)
+
+
+class FakeLeg(FakeSink):
+    def __init__(self, sender: Sink, node: str, target: tuple[str, str] | None) -> None:
+        super().__init__(f"leg:{sender.chid}>{node}")
+        self.node, self.target = node, target
+        self.done = False
+        self.log: list[Any] = []
+
+    def deliver(self, data: bytes | memoryview, sender: str) -> bool:
+        self.log.append(("data", sender, bytes(data)))
+        return False
+
+    def end_stream(self) -> None:
+        self.log.append("fin")
+        self.done = True
+
+    def retarget(self, recvers: tuple[str, ...] | None) -> None:
+        self.log.append(("recvers", recvers))
+
+    def hang_up(self) -> None:
+        self.log.append("hang_up")
+        self.done = True
+
+
+def make() -> tuple[ClusterRouter, FakeRegistry, list[FakeLeg]]:
+    registry = FakeRegistry()
+    legs: list[FakeLeg] = []
+
+    def open_leg(sender: Sink, session: str, node: str, address: str, target: tuple[str, str] | None) -> FakeLeg:
+        leg = FakeLeg(sender, node, target)
+        legs.append(leg)
+        return leg
+
+    return ClusterRouter("a", registry, open_leg), registry, legs  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """The router spawns its registry calls as tasks: each test runs them on a loop of its own."""
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    yield loop
+    loop.run_until_complete(asyncio.sleep(0))
+    asyncio.set_event_loop(None)
+    loop.close()
+
+
+def claim(router: ClusterRouter, sink: FakeSink) -> str | None:
+    answers: list[str | None] = []
+
+    async def go() -> None:
+        router.claim(sink, answers.append)
+        while not answers:
+            await asyncio.sleep(0)
+
+    asyncio.get_event_loop().run_until_complete(go())
+    return answers[0]
+
+
+def remote(router: ClusterRouter, chid: str, node: str = "b", session: str = "", **kw: Any) -> None:
+    router.registry_changed(chid, Owner(node, session or f"s-{chid}", 1, **kw))
+
+
+def test_a_claim_is_the_registrys_and_refusals_carry_their_fail_code() -> None:
+    router, registry, _ = make()
+    assert claim(router, FakeSink("x")) is None
+    assert claim(router, FakeSink("x")) == "chid_in_use"  # online here: no registry round trip
+    registry.taken.add("y")
+    assert claim(router, FakeSink("y")) == "chid_in_use"  # taken on another node
+    registry.available = False
+    assert claim(router, FakeSink("z")) == "unavailable"
+
+
+def test_other_nodes_sessions_are_online_here_with_presence_events() -> None:
+    router, _, _ = make()
+    watcher = FakeSink("w")
+    assert claim(router, watcher) is None
+    router.subscribe(watcher, None)
+    remote(router, "far")
+    assert router.is_online("far") and router.online(["far", "nobody"]) == ["far"]
+    assert router.local_sink("far") is None  # not a session of this process
+    router.registry_changed("far", None)
+    assert not router.is_online("far")
+    assert watcher.events == [("online", "far"), ("offline", "far")]
+
+
+def test_bytes_for_several_receivers_on_one_node_take_one_leg_once() -> None:
+    router, _, legs = make()
+    tx = FakeSink("tx", ("r1", "r2", "r3", "gone"))
+    assert claim(router, tx) is None
+    remote(router, "r1", "b")
+    remote(router, "r2", "b")
+    remote(router, "r3", "c")
+    assert router.route(tx, tx.recvers, b"hi") == 2  # "gone" is offline everywhere: counted
+    assert sorted((leg.node, leg.target) for leg in legs) == [("b", None), ("c", None)]
+    assert all(leg.log == [("data", "tx", b"hi")] for leg in legs)
+
+
+def test_broadcast_takes_one_leg_per_node_with_sessions() -> None:
+    router, _, legs = make()
+    tx, local = FakeSink("tx"), FakeSink("here")
+    assert claim(router, tx) is None and claim(router, local) is None
+    remote(router, "r1", "b")
+    remote(router, "r2", "b")
+    router.route(tx, None, b"all")
+    assert local.events == [("data", "tx", "all")]
+    assert [(leg.node, leg.log) for leg in legs] == [("b", [("data", "tx", b"all")])]
+
+
+def test_a_raw_pair_gets_a_raw_leg_to_the_receivers_session_and_a_new_one_for_a_new_owner() -> None:
+    router, _, legs = make()
+    tx = FakeSink("tx", ("rx",))
+    assert claim(router, tx) is None
+    remote(router, "rx", "b", "first")
+    router.route(tx, tx.recvers, b"1")
+    router.registry_changed("rx", None)
+    remote(router, "rx", "b", "second")
+    router.route(tx, tx.recvers, b"2")
+    assert [leg.target for leg in legs] == [("rx", "first"), ("rx", "second")]
+    assert legs[0].log == [("data", "tx", b"1"), "hang_up"]
+    assert router.splice_target(tx, "rx") is legs[1]
+
+
+def test_a_sender_that_never_sent_still_ends_its_stream_on_its_receivers_node(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    router, registry, legs = make()
+    tx = FakeSink("tx", ("rx",))
+    assert claim(router, tx) is None
+    remote(router, "rx", "b")
+    router.finish(tx)
+    assert [leg.log for leg in legs] == [["fin"]]
+    router.release(tx)
+    assert legs[0].log == ["fin", "hang_up"]
+    loop.run_until_complete(asyncio.sleep(0))
+    assert registry.released == ["tx"]  # its chid is free cluster-wide again
+
+
+def test_a_remote_senders_release_waits_for_its_leg_so_its_last_bytes_come_before_offline() -> None:
+    router, _, _ = make()
+    rx = FakeSink("rx")
+    assert claim(router, rx) is None
+    remote(router, "tx", recvers=("rx",))
+    assert router.senders("rx") == 1  # the half-close rule counts senders on other nodes
+    sender = router.leg_opened("b", "tx", "s-tx", ("rx",), False)
+    router.registry_changed("tx", None)  # the replica is ahead of the leg
+    assert router.is_online("tx")
+    router.route_local(FakeSink("tx"), ("rx",), b"late")
+    router.leg_finished(sender)
+    router.leg_closed(sender)
+    assert not router.is_online("tx") and router.senders("rx") == 0
+    assert rx.events == [("data", "tx", "late"), ("eof", "tx", "last")]
+
+
+def test_a_leg_the_replica_has_not_shown_yet_is_online_until_it_closes() -> None:
+    router, _, _ = make()
+    sender = router.leg_opened("b", "early", "s1", None, False)
+    assert router.is_online("early")
+    router.leg_closed(sender)
+    assert not router.is_online("early")  # never confirmed by the replica: not left behind
+    assert isinstance(sender, RemoteSink)
+
+
+def test_a_claim_here_replaces_a_remote_owner_the_replica_has_not_released_yet() -> None:
+    router, _, _ = make()
+    remote(router, "moved")
+    mine = FakeSink("moved")
+    # The registry granted it: the other node released it, our replica lags.
+    router.local.release(router.local.local_sink("moved"))  # type: ignore[arg-type]
+    assert claim(router, mine) is None
+    assert router.local_sink("moved") is mine
