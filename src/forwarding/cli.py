@@ -326,8 +326,27 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argp
     return p
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        return os.cpu_count() or 1
+    return _count(text)
+
+
 def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
     c = ClusterSettings(servers=(), secret="")
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="N processes on one port as a cluster of N nodes; auto: one per core (default 1). Without "
+        "--cluster they share a nats-server of their own",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="bind the client port with SO_REUSEPORT, to share it with other relay processes",
+    )
     p.add_argument(
         "--cluster",
         metavar="URL[,URL...]",
@@ -460,6 +479,8 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         status_token=args.status_token,
         metrics=args.metrics,
         cluster=_cluster_settings(args),
+        reuse_port=args.reuse_port,
+        workers=args.workers,
     )
 
 
@@ -675,6 +696,17 @@ def main(argv: Sequence[str] | None = None) -> None:
         except OSError as exc:
             print(f"forwarding serve: cannot open the log file: {exc}", file=sys.stderr)
             sys.exit(1)
+        if node := os.environ.get("FORWARDING_LOG_NODE"):  # a worker of `serve --workers`
+            logs.tag(node=node)
+        if config.workers > 1:
+            from .server.workers import supervise
+
+            serve_args = list(sys.argv[1:] if argv is None else argv)
+            try:
+                sys.exit(supervise(serve_args[serve_args.index("serve") + 1 :], config))
+            except OSError as exc:
+                print(f"forwarding serve: cannot start: {exc}", file=sys.stderr)
+                sys.exit(1)
         from .server.relay import run
 
         try:

@@ -15,7 +15,9 @@ The CLI flags of ``forwarding serve`` map one to one onto :class:`ServerConfig`
 from __future__ import annotations
 
 import enum
+import os
 import re
+import socket
 from dataclasses import dataclass, field
 
 from .protocol.handshake import HandshakeLimits
@@ -32,6 +34,12 @@ class Mode(enum.Enum):
 
 NODE_ID = re.compile(r"[-_a-zA-Z0-9]{1,64}")
 """Node ids go into registry keys, which allow few characters."""
+
+
+def default_node_id() -> str:
+    """The host's name and 24 random bits: unique, and readable in logs."""
+    host = re.sub(r"[^-_a-zA-Z0-9]", "-", socket.gethostname())[:40] or "node"
+    return f"{host}-{os.urandom(3).hex()}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,3 +148,7 @@ class ServerConfig:
     """Where to serve Prometheus metrics (``GET /metrics``)."""
     cluster: ClusterSettings | None = None
     """Be one node of a cluster; ``None``: a relay on its own."""
+    reuse_port: bool = False
+    """Bind the client listeners with ``SO_REUSEPORT``: several processes share one port (``--workers``)."""
+    workers: int = 1
+    """Processes on one port, acting as a cluster of that many nodes (``serve --workers``)."""

@@ -16,9 +16,19 @@ from typing import Any
 FORMATS = ("text", "json")
 
 
+_tag: dict[str, Any] = {}
+"""Fields every line carries: a worker's node id (``serve --workers``), so that interleaved lines say whose."""
+
+
+def tag(**fields: Any) -> None:
+    _tag.update(fields)
+
+
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
-    return fields if isinstance(fields, dict) else {}
+    if not isinstance(fields, dict):
+        return _tag
+    return {**_tag, **fields} if _tag else fields
 
 
 def _timestamp(record: logging.LogRecord) -> str:

@@ -104,6 +104,7 @@ class Receiver(threading.Thread):
             self.ended = "eof"
         except OSError as exc:
             self.ended = repr(exc)
+        self.client.sock.close()  # as a client does at the end: the relay's close completes
 
     def _check(self, chunk: bytes) -> None:
         if self.intact and chunk != pattern(self.received, len(chunk)):

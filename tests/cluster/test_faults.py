@@ -10,6 +10,7 @@ nodes lose nothing.
 from __future__ import annotations
 
 import re
+import signal
 import time
 from collections.abc import Callable
 
@@ -229,3 +230,27 @@ def test_a_node_restarted_with_the_same_id_does_not_bring_back_its_old_chids(
         assert time.monotonic() < deadline, "the new run of node1 still sees its old chid"
         time.sleep(0.1)
     cut_off(tx, time.monotonic(), DETECT)
+
+
+def test_a_hung_node_is_found_by_its_stalled_legs_and_its_lapsed_lease(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    n0, n1 = (start_node(i, *FAST) for i in range(2))
+    to_hung, at_hung = streaming_pair(n0, "alice", n1, "bob")  # n1 stops reading its leg
+    from_hung, from_rx = streaming_pair(n1, "carol", n0, "dave")  # n1's leg to n0 falls silent
+    n1.proc.send_signal(signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        cut_off(to_hung, stopped, DETECT + 10)  # once the buffers on the way are full, then the slow-receiver timer
+        assert closed_fields(n0, "alice")["reason"] == "link_lost"
+        # Dave's stream from the hung node has a gap nobody can fill: when the node's
+        # lease lapses, its legs are cut and dave is closed too.
+        from_rx.join(4 + DETECT)
+        assert closed_fields(n0, "dave")["reason"] == "link_lost"
+        assert from_rx.intact
+        assert time.monotonic() - stopped < 4 + DETECT
+    finally:
+        n1.proc.send_signal(signal.SIGKILL)
+    from_hung.stop.set()
+    at_hung.join(TIMEOUT)
+    assert at_hung.intact

@@ -17,14 +17,17 @@ from .test_router import FakeSink
 class FakeRegistry:
     def __init__(self) -> None:
         self.available = True
+        self.times_out = False
+        self.asked: list[str] = []
         self.taken: set[str] = set()
         self.revision = 0
         self.released: list[str] = []
         self.nodes: dict[str, dict[str, Any]] = {"b": {"leg": "127.0.0.1:2"}, "c": {"leg": "127.0.0.1:3"}}
 
     async def claim(self, chid: str, session: str, recvers: Any = (), framed: bool = False) -> Owner | None:
-        if not self.available:
-            raise Unavailable("down")
+        self.asked.append(session)
+        if self.times_out:
+            raise Unavailable("timed out")
         if chid in self.taken:
             return None
         self.taken.add(chid)
@@ -110,6 +113,18 @@ def test_a_claim_is_the_registrys_and_refusals_carry_their_fail_code() -> None:
     assert claim(router, FakeSink("y")) == "chid_in_use"  # taken on another node
     registry.available = False
     assert claim(router, FakeSink("z")) == "unavailable"
+
+
+def test_a_claim_whose_answer_was_lost_is_given_back_when_the_replica_shows_it(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    router, registry, _ = make()
+    registry.times_out = True
+    assert claim(router, FakeSink("x")) == "unavailable"
+    # The request was written after all: the replica shows our node holding x.
+    router.registry_changed("x", Owner("a", registry.asked[0], 7))
+    loop.run_until_complete(asyncio.sleep(0))
+    assert registry.released == ["x"]
 
 
 def test_other_nodes_sessions_are_online_here_with_presence_events() -> None:

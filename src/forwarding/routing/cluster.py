@@ -56,6 +56,7 @@ def new_session_id() -> str:
 
 RELEASE_ATTEMPTS = 20
 RELEASE_RETRY = 0.5
+ABANDONED_FOR = 120.0
 
 
 class Registry(Protocol):
@@ -170,6 +171,7 @@ class ClusterRouter:
         self._node_sinks: dict[str, int] = {}  # remote node -> its sessions online (broadcast legs go there)
         self._legs: dict[Sink, dict[str, Leg]] = {}  # sender -> node -> its leg there
         self._tasks: set[asyncio.Task[None]] = set()
+        self._abandoned: dict[str, float] = {}  # session ids of claims whose answer was lost -> when
         self.leg_failures: dict[str, int] = {}
         """Legs that broke, by reason: for metrics."""
         self.claims = 0
@@ -183,11 +185,11 @@ class ClusterRouter:
 
     def claim(self, sink: Sink, done: ClaimDone) -> None:
         chid = sink.chid
-        if self.local.is_online(chid) or chid in self._claiming:
-            done("chid_in_use")
-            return
         if not self.registry.available:
             done("unavailable")
+            return
+        if self.local.is_online(chid) or chid in self._claiming:
+            done("chid_in_use")
             return
         self._claiming.add(chid)
         self._spawn(self._claim(sink, done))
@@ -195,12 +197,16 @@ class ClusterRouter:
     async def _claim(self, sink: Sink, done: ClaimDone) -> None:
         chid = sink.chid
         began = time.monotonic()
+        session = new_session_id()
         try:
-            owner = await self.registry.claim(chid, new_session_id(), sink.recvers, sink.framed)
+            owner = await self.registry.claim(chid, session, sink.recvers, sink.framed)
             self.claims += 1
             self.claim_seconds += time.monotonic() - began
         except Unavailable as exc:
             log.warning("claim refused: registry unavailable", extra={"fields": {"chid": chid, "error": str(exc)}})
+            # A request that timed out may still have been written: if the replica
+            # ever shows this claim, it is given back (registry_changed).
+            self._abandon(session)
             done("unavailable")
             return
         finally:
@@ -217,6 +223,13 @@ class ClusterRouter:
             return
         self._owned[sink] = owner
         done(None)
+
+    def _abandon(self, session: str) -> None:
+        now = time.monotonic()
+        # Bounded: an answer lost longer ago than a lease's life is not coming.
+        for old in [s for s, at in self._abandoned.items() if now - at > ABANDONED_FOR]:
+            del self._abandoned[old]
+        self._abandoned[session] = now
 
     def session_id(self, sink: Sink) -> str | None:
         owner = self._owned.get(sink)
@@ -266,6 +279,8 @@ class ClusterRouter:
                     self._drop_remote(current)
             return
         if owner.node == self.node:
+            if self._abandoned.pop(owner.session, None) is not None:
+                self._spawn(self._release_claim(chid, owner))  # a claim whose answer we never had
             return  # our own claim, known since it was made
         if isinstance(current, RemoteSink):
             if current.session == owner.session:

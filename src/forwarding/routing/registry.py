@@ -108,11 +108,14 @@ class NatsRegistry:
         config: RegistryConfig,
         on_change: Callable[[str, Owner | None], None] | None = None,
         on_fenced: Callable[[], None] | None = None,
+        on_lapsed: Callable[[str], None] | None = None,
     ) -> None:
+        """``on_lapsed(node)``: another node's lease is gone (it stopped, crashed or hangs)."""
         self.config = config
         self.epoch = new_session_id()
         self._on_change = on_change
         self._on_fenced = on_fenced
+        self._on_lapsed = on_lapsed
         self._nc: Client | None = None
         self._js: JetStreamContext | None = None
         self._chids: KeyValue | None = None
@@ -379,6 +382,8 @@ class NatsRegistry:
         self._live_nodes[node] = json.loads(entry.value)
 
     def _start_sweep(self, node: str, epoch: str) -> None:
+        if self._on_lapsed is not None:
+            self._on_lapsed(node)
         # A task of its own: the watch must go on meanwhile, and a sweep may retry.
         task = asyncio.ensure_future(self._sweep(node, epoch))
         self._sweeps.add(task)

@@ -149,6 +149,16 @@ class LegOut(Session):
     def link_lost(self, desc: str, dropped: int = 0) -> None:  # pragma: no cover - a leg carries no leg
         pass
 
+    @property
+    def node(self) -> str:
+        return self._node
+
+    def node_gone(self) -> None:
+        """The other node's lease lapsed: whatever this leg still holds will not arrive."""
+        self._lost("lapsed", f"node {self._node} stopped renewing its lease")
+        if self._transport is not None:
+            self._transport.abort()
+
     # -- the connection -------------------------------------------------------------
 
     def connect_failed(self, exc: BaseException) -> None:
@@ -371,6 +381,15 @@ class LegIn(Session):
             self.fed = set()
             self._frames = FrameParser(MAX_LEG_FRAME)
             self._establish(hs4=b"")
+
+    @property
+    def node(self) -> str:
+        return self._node
+
+    def node_gone(self) -> None:
+        """The sending node's lease lapsed: it hangs or died, and this leg will bring nothing more."""
+        if self._transport is not None:
+            self._transport.abort()
 
     def _target_left(self) -> None:
         self._loop.call_soon(self._goodbye, "its receiver went offline")

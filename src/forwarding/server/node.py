@@ -11,13 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import re
-import socket
 import ssl
 from typing import TYPE_CHECKING
 
-from ..config import ClusterSettings
+from ..config import ClusterSettings, default_node_id
 from ..routing.cluster import ClusterRouter, Owner
 from ..routing.registry import NatsRegistry, RegistryConfig
 from . import legs
@@ -27,11 +24,6 @@ if TYPE_CHECKING:
     from .relay import Relay
 
 log = logging.getLogger("forwarding.node")
-
-
-def default_node_id() -> str:
-    host = re.sub(r"[^-_a-zA-Z0-9]", "-", socket.gethostname())[:40] or "node"
-    return f"{host}-{os.urandom(3).hex()}"
 
 
 class Node:
@@ -72,7 +64,7 @@ class Node:
             creds=settings.creds,
             tls=tls,
         )
-        self.registry = NatsRegistry(config, on_change=self._changed, on_fenced=self._fenced)
+        self.registry = NatsRegistry(config, on_change=self._changed, on_fenced=self._fenced, on_lapsed=self._lapsed)
         self.cluster = ClusterRouter(self.id, self.registry, legs.opener(relay))
         relay.router = relay.cluster = self.cluster
         await self.registry.start()
@@ -82,6 +74,14 @@ class Node:
     def _changed(self, chid: str, owner: Owner | None) -> None:
         if self.cluster is not None:
             self.cluster.registry_changed(chid, owner)
+
+    def _lapsed(self, node: str) -> None:
+        # A node whose lease lapsed may only hang (SIGSTOP, a stuck host) with its
+        # legs still open, acknowledged by its kernel: they carry nothing more, and
+        # its sessions must not stay online here, so its legs are cut as lost.
+        for leg in list(self.relay.legs):
+            if isinstance(leg, legs.LegOut | legs.LegIn) and leg.node == node:
+                leg.node_gone()
 
     def _fenced(self) -> None:
         # From now on another node may own our chids: no session of ours may go on

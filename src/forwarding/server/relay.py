@@ -64,7 +64,7 @@ the descriptor limit, which would drop a client without a word."""
 CLOSE_BATCH = 500
 """Sessions closed per pass of the event loop at shutdown: 20,000 at once held the loop for 2 s."""
 
-RESTART_ONLY = ("hosts", "port", "ws_port", "mode", "admin_socket", "metrics", "cluster")
+RESTART_ONLY = ("hosts", "port", "ws_port", "mode", "admin_socket", "metrics", "cluster", "reuse_port", "workers")
 """Settings a reload cannot change: the listeners are bound once."""
 
 
@@ -143,6 +143,7 @@ class Relay:
             host=list(self.config.hosts),
             port=self.config.port,
             reuse_address=True,
+            reuse_port=self.config.reuse_port or None,
             backlog=4096,
         )
         self._servers.append(server)
@@ -162,7 +163,12 @@ class Relay:
                 return ws if ssl_context is None else TlsProtocol(ws, ssl_context)
 
             ws_server = await self.loop.create_server(
-                ws_protocol, host=list(self.config.hosts), port=self.config.ws_port, reuse_address=True, backlog=4096
+                ws_protocol,
+                host=list(self.config.hosts),
+                port=self.config.ws_port,
+                reuse_address=True,
+                reuse_port=self.config.reuse_port or None,
+                backlog=4096,
             )
             self._servers.append(ws_server)
             self._listeners.append(ws_server)
@@ -377,7 +383,12 @@ async def serve_until_signalled(config: ServerConfig, reloader: Callable[[], Ser
     if reloader is not None:
         loop.add_signal_handler(signal.SIGHUP, _reload_logged, relay)
     await relay.start()
-    notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening")  # systemd Type=notify: the listeners are up
+    notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS=listening")
+    ready = os.environ.pop("FORWARDING_READY_FD", None)  # a worker of `serve --workers`: tell the supervisor
+    if ready is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.write(int(ready), b"1")
+            os.close(int(ready))  # systemd Type=notify: the listeners are up
     log.debug("event loop", extra={"fields": {"loop": type(loop).__module__}})
     asked = asyncio.ensure_future(stop.wait())
     drain = asyncio.ensure_future(relay.drain_requested.wait())

