@@ -28,7 +28,7 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     fields = getattr(record, "fields", None)
     if not isinstance(fields, dict):
         return _tag
-    return {**_tag, **fields} if _tag else fields
+    return {**fields, **_tag} if _tag else fields  # last: patterns that read the line's start still match
 
 
 def _timestamp(record: logging.LogRecord) -> str:

