@@ -20,7 +20,21 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import bridge, caps, fanout, features, handshakes, hostile, idle, latency, pairs, throughput, tls, websocket
+from . import (
+    bridge,
+    caps,
+    cluster,
+    fanout,
+    features,
+    handshakes,
+    hostile,
+    idle,
+    latency,
+    pairs,
+    throughput,
+    tls,
+    websocket,
+)
 from .common import Table, fmt, have_haproxy, have_socat, scratch_dir, securities
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -45,6 +59,9 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
             "websocket": lambda: websocket.run(size=4 << 20, runs=1, rounds=50),
             "caps": lambda: caps.run(runs=1, size=4 << 20, rounds=50),
             "tls": lambda: tls.run(sec[2], size=4 << 20, runs=1),
+            "cluster": lambda: cluster.run(
+                size=4 << 20, runs=1, hs_seconds=0.3, pairs=8, pair_size=256 << 10, idle_count=300
+            ),
         }
     return {
         "throughput": lambda: throughput.run(runs=5),
@@ -59,6 +76,7 @@ def scenarios(smoke: bool, tmp: Path) -> dict[str, Callable[[], Table]]:
         "websocket": lambda: websocket.run(),
         "caps": lambda: caps.run(),
         "tls": lambda: tls.run(sec[2]),
+        "cluster": lambda: cluster.run(),
     }
 
 

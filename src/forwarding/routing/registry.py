@@ -28,6 +28,7 @@ import contextlib
 import json
 import logging
 import ssl
+import sys
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -358,15 +359,17 @@ class NatsRegistry:
             return
         value = json.loads(entry.value)
         recvers = value.get("recvers", [])
+        # Interned: every node holds one entry per session of the cluster, and the
+        # node ids and epochs are few (benchmarks/cluster.py measures the replica).
         self._set_owner(
             chid,
             Owner(
-                value["node"],
+                sys.intern(value["node"]),
                 value["session"],
                 entry.revision,
                 None if recvers is None else tuple(recvers),
                 bool(value.get("framed", False)),
-                str(value.get("epoch", "")),
+                sys.intern(str(value.get("epoch", ""))),
             ),
         )
 
