@@ -14,8 +14,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from forwarding.protocol.sealing import Sealer
+from forwarding.server.legs import seal_header
+
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from ..integration.test_framed import Framed
+from .conftest import CLUSTER_SECRET
 
 
 def pair(x: ServerProcess, a: str, y: ServerProcess, b: str, **hs3: object) -> tuple[Client, Client]:
@@ -286,3 +290,36 @@ def test_workers_on_one_port_join_a_pair_across_workers_with_a_spliced_leg() -> 
         b.close()
     finally:
         assert server.stop() == 0
+
+
+def test_the_leg_port_refuses_strangers_and_replayed_headers(start_node: Callable[..., ServerProcess]) -> None:
+    node = start_node(0)
+    host, port = node.wait_for_log(r'joined the cluster .*legs="([^"]+):(\d+)"').groups()
+    # Not sealed with the cluster secret: cut at once, nothing reaches anyone.
+    stranger = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    stranger.sendall(b'{"v":1,"from":"evil","mode":"frames","recvers":null}\n' + b"x" * 100)
+    assert _closed(stranger)
+    node.wait_for_log(r"leg refused")
+    # A real header, recorded and sent again: the second time it is refused.
+    header = seal_header(
+        Sealer.from_secret(CLUSTER_SECRET),
+        {"v": 1, "node": "elsewhere", "from": "x", "sid": "s", "recvers": ["nobody"], "framed": False,
+         "mode": "raw", "to": ["nobody", "t"], "ts": time.time()},
+    )  # fmt: skip
+    first = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    first.sendall(header)
+    assert first.recv(1) == b"G"  # accepted: its receiver is not here, so the node ends it on purpose
+    first.close()
+    again = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    again.sendall(header)
+    assert _closed(again)
+    node.wait_for_log(r"leg refused.*replayed")
+
+
+def _closed(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1) == b""
+    except ConnectionResetError:
+        return True
+    finally:
+        sock.close()

@@ -74,6 +74,24 @@ def _tune(sock: socket.socket | None) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
 
 
+_seen: dict[bytes, float] = {}
+"""Leg headers accepted in the last ``2 * CLOCK_SKEW`` seconds, oldest first: each is accepted once."""
+
+
+def _first_use(line: bytes, now: float) -> bool:
+    """Whether this (authenticated) header line is new; remembers it for as long as its timestamp passes."""
+    while _seen:
+        oldest = next(iter(_seen))
+        if _seen[oldest] > now:
+            break
+        del _seen[oldest]
+    nonce = line[:16]  # the base64 of the random 12-byte nonce: unique per sealed line
+    if nonce in _seen:
+        return False
+    _seen[nonce] = now + 2 * CLOCK_SKEW
+    return True
+
+
 def seal_header(sealer: Sealer, fields: dict[str, Any]) -> bytes:
     return sealer.seal(json.dumps(fields, separators=(",", ":")).encode(), STEP)
 
@@ -339,6 +357,8 @@ class LegIn(Session):
             sealer = self._relay.leg_sealer
             assert sealer is not None  # a cluster node has the cluster secret
             fields = json.loads(sealer.open(line, STEP))
+            if not _first_use(line, self._loop.time()):
+                raise ValueError("leg header seen before: replayed")
             self._start(fields)
         except (SealError, ValueError, KeyError, TypeError) as exc:
             self._refuse_leg(getattr(exc, "desc", None) or f"bad leg header: {exc}")
