@@ -248,7 +248,15 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
             f"{idle_run['kib_per_session']:.2f} KiB per session, all workers and the nats-server together (target "
             f"<= 2.5 KiB; nats-server {idle_run['nats_kib'] / 1024:.0f} MiB).",
         ],
-        data={},
+        data={
+            "targets": {
+                "across_mb": mb_ratio,
+                "across_cpu": cpu_ratio,
+                "workers_hs": hs_ratio,
+                "workers_pairs": pairs_ratio,
+                "idle_kib": idle_run["kib_per_session"],
+            }
+        },
     )
     return table
 

@@ -215,6 +215,19 @@ def targets(tables: dict[str, Table]) -> Table | None:
         for key in ("capped spliced", "capped --no-splice"):
             acc = cp.data.get(key, {}).get("vs_cap")
             check(f"{key} MB/s / the cap", "0.9 - 1.1", acc, None if acc is None else 0.9 <= acc <= 1.1)
+    cl = tables.get("cluster")
+    if cl:
+        t = cl.data["targets"]
+        for what, key, bound, at_least in (
+            ("cross-node 1:1 MB/s / one node's", "across_mb", 0.75, True),
+            ("cross-node 1:1 CPU per GiB / one node's", "across_cpu", 2.2, False),
+            ("plain handshakes per second, --workers 2 / 1", "workers_hs", 1.6, True),
+            ("200 pairs MB/s, --workers 2 / 1", "workers_pairs", 1.4, True),
+            ("KiB per idle session, --workers 6 (registry included)", "idle_kib", 2.5, False),
+        ):
+            value = t.get(key)
+            met = None if value is None or value != value else (value >= bound if at_least else value <= bound)
+            check(what, f"{'>=' if at_least else '<='} {bound:g}", value, met)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})

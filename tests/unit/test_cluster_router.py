@@ -177,6 +177,18 @@ def test_a_raw_pair_gets_a_raw_leg_to_the_receivers_session_and_a_new_one_for_a_
     assert router.splice_target(tx, "rx") is legs[1]
 
 
+def test_bytes_for_a_receiver_whose_node_said_it_left_are_dropped_here_without_a_new_leg() -> None:
+    router, _, legs = make()
+    tx = FakeSink("tx", ("rx",))
+    assert claim(router, tx) is None
+    remote(router, "rx", "b", "s1")
+    router.route(tx, tx.recvers, b"1")
+    router.receiver_left("rx", "s1")  # the leg's goodbye, before the replica's release
+    legs[0].done = True
+    assert router.route(tx, tx.recvers, b"22") == 2
+    assert len(legs) == 1
+
+
 def test_a_sender_that_never_sent_still_ends_its_stream_on_its_receivers_node(
     loop: asyncio.AbstractEventLoop,
 ) -> None:

@@ -112,7 +112,9 @@ class RemoteSink:
     session's own node makes them on the session.
     """
 
-    __slots__ = ("chid", "node", "session", "revision", "recvers", "framed", "has_sent", "confirmed", "gone", "legs_in")
+    __slots__ = (
+        "chid", "node", "session", "revision", "recvers", "framed", "has_sent", "confirmed", "gone", "left", "legs_in",
+    )  # fmt: skip
 
     def __init__(self, chid: str, node: str, session: str, recvers: tuple[str, ...] | None, framed: bool) -> None:
         self.chid = chid
@@ -124,6 +126,7 @@ class RemoteSink:
         self.has_sent = False
         self.confirmed = False  # the registry's replica has shown it (it may be first known from a leg)
         self.gone = False  # the replica has shown its release
+        self.left = False  # its node said so on a leg to it, before the replica: bytes for it are dropped here
         self.legs_in = 0  # legs from it into this node, still open: its release waits for them
 
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:  # pragma: no cover - routed to a leg
@@ -389,6 +392,8 @@ class ClusterRouter:
             if not raw or leg.target == (target.chid, target.session):  # type: ignore[union-attr]
                 return leg
             leg.hang_up()  # its receiver is another session now
+        if raw and target is not None and target.left:
+            return None  # it has left, the replica does not know yet: drop here (counted), no new leg
         info = self.registry.node(node)
         session = self.session_id(sender)
         if info is None or session is None or not info.get("leg"):
@@ -396,6 +401,12 @@ class ClusterRouter:
         wanted = (target.chid, target.session) if raw and target is not None else None
         leg = legs[node] = self._open_leg(sender, session, node, str(info["leg"]), wanted)
         return leg
+
+    def receiver_left(self, chid: str, session: str) -> None:
+        """A raw leg's receiving node ended it because that receiver went offline."""
+        sink = self.local.local_sink(chid)
+        if type(sink) is RemoteSink and sink.session == session:
+            sink.left = True
 
     def leg_lost(self, sender: Sink, leg: Leg, reason: str, desc: str, dropped: int) -> None:
         """A leg broke: its sender's stream has a gap it cannot be told about."""

@@ -205,8 +205,10 @@ class LegOut(Session):
             self._close()
 
     def data_received(self, data: bytes) -> None:
-        if GOODBYE in data:
+        if GOODBYE in data and not self._goodbye:
             self._goodbye = True  # the other node ended it on purpose: nothing was lost in the leg itself
+            if self._target is not None:
+                self._cluster.receiver_left(*self._target)
 
     def eof_received(self) -> bool:
         if not self._goodbye and not (self._ended or self._hung_up):
@@ -413,6 +415,13 @@ class LegIn(Session):
 
     def _target_left(self) -> None:
         self._loop.call_soon(self._goodbye, "its receiver went offline")
+
+    def leave(self) -> None:
+        """This node is shutting down: end the leg on purpose, so the sending node does not count it lost."""
+        if self.established and self.outcome is None:
+            self._goodbye("this node is shutting down")
+        else:
+            self.close(Outcome.SHUTDOWN)
 
     def _goodbye(self, desc: str) -> None:
         """End the leg on purpose: the sending node must not take it for a lost one."""

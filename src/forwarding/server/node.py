@@ -97,7 +97,10 @@ class Node:
         if self._server is not None:
             self._server.close()
         for leg in list(self.relay.legs):
-            leg.close(Outcome.SHUTDOWN)
+            if isinstance(leg, legs.LegIn):
+                leg.leave()
+            else:
+                leg.close(Outcome.SHUTDOWN)
         if self.cluster is not None:
             await self.cluster.close()
         if self.registry is not None:
