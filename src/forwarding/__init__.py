@@ -27,6 +27,7 @@ from .errors import (
     ProtocolViolation,
     RecversOffline,
     SessionClosed,
+    Unavailable,
     WrongSecret,
 )
 
@@ -47,6 +48,7 @@ __all__ = [
     "ProtocolViolation",
     "RecversOffline",
     "SessionClosed",
+    "Unavailable",
     "Visit",
     "WrongSecret",
     "connect",

@@ -7,7 +7,8 @@
     │   ├── ChidInUse                code "chid_in_use"
     │   ├── WrongSecret              code "bad_seal" or "challenge_mismatch"
     │   ├── RecversOffline           code "wait_timeout"
-    │   └── ConnectionRefused        code "refused" (a server limit)
+    │   ├── ConnectionRefused        code "refused" (a server limit)
+    │   └── Unavailable              code "unavailable" (a cluster node without its registry: retry)
     ├── HandshakeTimeout             also a TimeoutError: no hs4 in time
     ├── ProtocolViolation            the relay said something the protocol does not allow
     ├── ConnectionClosed             the connection ended before the handshake did
@@ -46,6 +47,10 @@ class ConnectionRefused(HandshakeRefused):
     """Over one of the relay's connection limits."""
 
 
+class Unavailable(HandshakeRefused):
+    """A cluster node could not reach its registry: retry, a little later or on another node."""
+
+
 class HandshakeTimeout(Error, TimeoutError):
     """The handshake did not complete in time."""
 
@@ -81,6 +86,7 @@ _BY_CODE: dict[str, type[HandshakeRefused]] = {
     "challenge_mismatch": WrongSecret,
     "wait_timeout": RecversOffline,
     "refused": ConnectionRefused,
+    "unavailable": Unavailable,
 }
 
 

@@ -106,6 +106,7 @@ def test_a_reset_leg_closes_both_ends_with_link_lost(start_node: Callable[..., S
     assert sender["reason"] == "link_lost" and receiver["reason"] == "link_lost", (sender, receiver)
     rx.join(TIMEOUT)
     assert rx.intact
+    assert rx.ended != "eof", "a stream with a gap ended as if complete"  # a reset, not a FIN
     sent, received, dropped = int(sender["in"]), rx.received, int(sender["dropped"])
     assert received + dropped <= sent
     assert sent - received - dropped <= kernel_buffer_bound(4), (sent, received, dropped)

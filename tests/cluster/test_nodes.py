@@ -14,12 +14,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import forwarding
 from forwarding.protocol.sealing import Sealer
 from forwarding.server.legs import seal_header
 
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from ..integration.test_framed import Framed
-from .conftest import CLUSTER_SECRET
+from .conftest import CLUSTER_SECRET, NatsServer
 
 
 def pair(x: ServerProcess, a: str, y: ServerProcess, b: str, **hs3: object) -> tuple[Client, Client]:
@@ -323,3 +324,19 @@ def _closed(sock: socket.socket) -> bool:
         return True
     finally:
         sock.close()
+
+
+def test_the_client_library_raises_unavailable_when_the_registry_is_gone(
+    start_node: Callable[..., ServerProcess], nats_cluster: list[NatsServer]
+) -> None:
+    node = start_node(0)
+    nats_cluster[0].kill()  # the node's only NATS server
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        try:
+            with forwarding.sync.connect(node.address, chid="late"):
+                pass
+        except forwarding.Unavailable as exc:
+            assert exc.code == "unavailable" and "retry" in exc.desc
+            break
+        assert time.monotonic() < deadline, "no unavailable from a node without its registry"

@@ -458,8 +458,10 @@ class Session(asyncio.Protocol, Expiring):
         self.close(Outcome.PEER_LEFT, f"recver {quote(chid)} went offline")
 
     def link_lost(self, desc: str, dropped: int = 0) -> None:
+        # A raw stream with a gap must not end in a FIN, which says "all sent":
+        # the client gets a reset. A framed one is told why, then closed.
         self.dropped += dropped
-        self.close(Outcome.LINK_LOST, desc)
+        self.close(Outcome.LINK_LOST, desc, abort=self._frames is None)
 
     def discard_waiter(self, sender: Sink) -> None:
         if self._waiters is not None:

@@ -157,6 +157,8 @@ def _refusal(args: argparse.Namespace, exc: HandshakeRefused) -> str:
         return text + "; check --secret"
     if exc.code == "chid_in_use":
         return text + "; pick another --chid"
+    if exc.code == "unavailable":
+        return text + "; the relay is a cluster node cut off from its registry: retry, or use another node"
     return text
 
 
