@@ -470,8 +470,10 @@ class LegIn(Session):
             desc = f"the leg from node {self._node} broke" + (f": {exc}" if exc else "")
             log.warning("leg lost", extra={"fields": {"node": self._node, "from": self.chid}})
             self._cluster.leg_failures["lost_in"] = self._cluster.leg_failures.get("lost_in", 0) + 1
+            # Now, before the sender's entry goes: its release would end their
+            # streams with a FIN, as if they were complete.
             for sink in self._fed_sinks():
-                self._loop.call_soon(sink.link_lost, desc)
+                sink.link_lost(desc)
         if self.outcome is None:
             self.outcome = Outcome.RESET if exc is not None else Outcome.CLIENT_CLOSED
         self._teardown()

@@ -11,7 +11,10 @@ it stops being read until it drains (docs/protocol.md, "Flow control").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
+import struct
 import sys
 from typing import TYPE_CHECKING, Protocol, cast
 
@@ -43,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("forwarding.session")
 
 _NEVER = sys.maxsize  # a read size no read reaches: this session is not spliced
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 class Layer(Protocol):
@@ -461,7 +465,13 @@ class Session(asyncio.Protocol, Expiring):
         # A raw stream with a gap must not end in a FIN, which says "all sent":
         # the client gets a reset. A framed one is told why, then closed.
         self.dropped += dropped
-        self.close(Outcome.LINK_LOST, desc, abort=self._frames is None)
+        raw = self._frames is None
+        if raw and self.outcome is None and self._transport is not None:
+            sock = self._transport.get_extra_info("socket")
+            if sock is not None:  # a close with SO_LINGER 0 is a reset; a plain abort would send FIN
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        self.close(Outcome.LINK_LOST, desc, abort=raw)
 
     def discard_waiter(self, sender: Sink) -> None:
         if self._waiters is not None:
