@@ -340,3 +340,18 @@ def test_the_client_library_raises_unavailable_when_the_registry_is_gone(
             assert exc.code == "unavailable" and "retry" in exc.desc
             break
         assert time.monotonic() < deadline, "no unavailable from a node without its registry"
+
+
+def test_a_framed_senders_new_recvers_keep_a_half_closed_receiver_on_another_node_open(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    n0, n1 = start_node(0), start_node(1)
+    rx, _ = handshake(n1, "halfway", [])
+    tx = online_everywhere(n0, ["halfway"], "switcher")
+    tx.command("recvers", recvers=["halfway"])  # no byte sent yet: no leg, only the registry says so
+    n1.wait_for_log(r'remote recvers changed chid="switcher" recvers="halfway"')
+    rx.sock.shutdown(socket.SHUT_WR)  # done sending; someone still names it, so it stays (5.1)
+    tx.send(b"late answer")
+    assert rx.recv_exactly(11) == b"late answer"
+    tx.c.close()
+    rx.close()

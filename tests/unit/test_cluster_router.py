@@ -22,6 +22,8 @@ class FakeRegistry:
         self.taken: set[str] = set()
         self.revision = 0
         self.released: list[str] = []
+        self.released_revisions: list[int] = []
+        self.updates: list[tuple[str, Any]] = []
         self.nodes: dict[str, dict[str, Any]] = {"b": {"leg": "127.0.0.1:2"}, "c": {"leg": "127.0.0.1:3"}}
 
     async def claim(self, chid: str, session: str, recvers: Any = (), framed: bool = False) -> Owner | None:
@@ -34,7 +36,13 @@ class FakeRegistry:
         self.revision += 1
         return Owner("a", session, self.revision, recvers, framed)
 
+    async def update(self, chid: str, owner: Owner, recvers: Any) -> Owner | None:
+        self.revision += 1
+        self.updates.append((chid, recvers))
+        return Owner(owner.node, owner.session, self.revision, recvers, owner.framed)
+
     async def release(self, chid: str, owner: Owner) -> bool:
+        self.released_revisions.append(owner.revision)
         self.taken.discard(chid)
         self.released.append(chid)
         return True
@@ -125,6 +133,28 @@ def test_a_claim_whose_answer_was_lost_is_given_back_when_the_replica_shows_it(
     router.registry_changed("x", Owner("a", registry.asked[0], 7))
     loop.run_until_complete(asyncio.sleep(0))
     assert registry.released == ["x"]
+
+
+def test_a_recvers_change_reaches_the_registry_and_the_release_uses_its_revision(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    router, registry, _ = make()
+    tx = FakeSink("tx", ("a",), framed=True)
+    assert claim(router, tx) is None
+    router.retarget(tx, ("b",))
+    tx.recvers = ("b",)
+    router.release(tx)  # before the update is written: it waits for it
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert registry.updates == [("tx", ("b",))]
+    assert registry.released == ["tx"] and registry.released_revisions == [registry.revision]
+
+
+def test_another_nodes_recvers_change_moves_its_fan_in_here() -> None:
+    router, _, _ = make()
+    remote(router, "tx", recvers=("a",))
+    assert router.senders("a") == 1 and router.senders("b") == 0
+    router.registry_changed("tx", Owner("b", "s-tx", 2, ("b",)))
+    assert router.senders("a") == 0 and router.senders("b") == 1
 
 
 def test_other_nodes_sessions_are_online_here_with_presence_events() -> None:

@@ -71,6 +71,8 @@ class Registry(Protocol):
 
     async def release(self, chid: str, owner: Owner) -> bool: ...
 
+    async def update(self, chid: str, owner: Owner, recvers: tuple[str, ...] | None) -> Owner | None: ...
+
     def node(self, node_id: str) -> dict[str, Any] | None: ...
 
 
@@ -174,6 +176,7 @@ class ClusterRouter:
         self._node_sinks: dict[str, int] = {}  # remote node -> its sessions online (broadcast legs go there)
         self._legs: dict[Sink, dict[str, Leg]] = {}  # sender -> node -> its leg there
         self._tasks: set[asyncio.Task[None]] = set()
+        self._recvers_due: dict[Sink, tuple[str, ...] | None] = {}  # recvers to write to the registry
         self._abandoned: dict[str, float] = {}  # session ids of claims whose answer was lost -> when
         self.leg_failures: dict[str, int] = {}
         """Legs that broke, by reason: for metrics."""
@@ -244,7 +247,7 @@ class ClusterRouter:
             leg.hang_up()
         self.local.release(sink)
         owner = self._owned.pop(sink, None)
-        if owner is not None:
+        if owner is not None and sink not in self._recvers_due:  # else the writer releases it, on its revision
             self._spawn(self._release_claim(sink.chid, owner))
 
     async def _release_claim(self, chid: str, owner: Owner) -> None:
@@ -289,6 +292,11 @@ class ClusterRouter:
             if current.session == owner.session:
                 current.confirmed = True
                 current.revision = owner.revision
+                if current.recvers != owner.recvers and not current.legs_in:  # a leg says it in the stream
+                    self.leg_retargeted(current, owner.recvers)
+                    if log.isEnabledFor(logging.DEBUG):
+                        recvers = "*" if owner.recvers is None else ",".join(owner.recvers)
+                        log.debug("remote recvers changed", extra={"fields": {"chid": chid, "recvers": recvers}})
                 return
             self._drop_remote(current)  # a newer claim: the old one was released meanwhile
         elif current is not None:
@@ -481,7 +489,31 @@ class ClusterRouter:
     def retarget(self, sink: Sink, recvers: tuple[str, ...] | None) -> None:
         self.local.retarget(sink, recvers)
         for leg in self._legs.get(sink, {}).values():
-            leg.retarget(recvers)
+            leg.retarget(recvers)  # in the stream, in order with the data
+        if sink in self._owned:
+            # And in the registry, for the nodes without a leg from it: they count
+            # who still names their sessions (the half-close rule, 5.1).
+            writing = sink in self._recvers_due
+            self._recvers_due[sink] = recvers
+            if not writing:
+                self._spawn(self._write_recvers(sink, self._owned[sink]))
+
+    async def _write_recvers(self, sink: Sink, owner: Owner) -> None:
+        """Write the latest recvers of ``sink`` until none is due; release the claim if it left meanwhile."""
+        while sink in self._recvers_due:
+            recvers = self._recvers_due[sink]
+            try:
+                new = await self.registry.update(sink.chid, owner, recvers)
+            except Unavailable:
+                new = None  # the other nodes keep the old recvers; its legs carry the new ones
+            if new is not None:
+                owner = new
+                if sink in self._owned:
+                    self._owned[sink] = new
+            if self._recvers_due.get(sink) is recvers:
+                del self._recvers_due[sink]
+        if sink not in self._owned:  # released while we wrote: on the latest revision
+            await self._release_claim(sink.chid, owner)
 
     def senders(self, chid: str) -> int:
         return self.local.senders(chid)

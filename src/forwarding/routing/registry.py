@@ -250,6 +250,28 @@ class NatsRegistry:
         self._set_owner(chid, owner)
         return owner
 
+    async def update(self, chid: str, owner: Owner, recvers: tuple[str, ...] | None) -> Owner | None:
+        """Write ``owner``'s claim again with new recvers (a framed session's ``recvers`` command), on its
+        revision; the new owner, or ``None`` if the claim is no longer ``owner``'s."""
+        if not self.available or self._chids is None:
+            raise Unavailable("the registry is unreachable")
+        fields: dict[str, Any] = {"node": owner.node, "session": owner.session, "epoch": owner.epoch}
+        if recvers != ():
+            fields["recvers"] = None if recvers is None else list(recvers)
+        if owner.framed:
+            fields["framed"] = True
+        try:
+            revision = await self._chids.update(
+                chid_key(chid), json.dumps(fields).encode(), last=owner.revision, validate_keys=False
+            )
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return None
+        except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+            raise Unavailable(str(exc) or type(exc).__name__) from exc
+        new = Owner(owner.node, owner.session, revision, recvers, owner.framed, owner.epoch)
+        self._set_owner(chid, new)
+        return new
+
     async def release(self, chid: str, owner: Owner) -> bool:
         """Delete the claim if it is still ``owner``'s; ``False`` if it was not (taken over, swept)."""
         if self._chids is None:
