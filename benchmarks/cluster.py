@@ -37,6 +37,7 @@ from .common import (
     cpu_seconds,
     fmt,
     median,
+    move_pairs,
     plain_handshake,
     raise_nofile,
     recv_bytes,
@@ -120,18 +121,7 @@ def _pair_worker(
         tx = connect(address)
         plain_handshake(tx, f"tx{i}", [f"rx{i}"], wait=True)
         pairs.append((tx, rx))
-    ends: list[float] = []
-    threads = [threading.Thread(target=lambda s=rx: ends.append(recv_bytes(s, size)[1])) for _, rx in pairs]
-    threads += [threading.Thread(target=send_bytes, args=(tx, size)) for tx, _ in pairs]
-    barrier.wait(300)
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    q.put(max(ends))
-    for tx, rx in pairs:
-        tx.close()
-        rx.close()
+    move_pairs(pairs, size, barrier, q)
 
 
 def pairs_mbps(address: tuple[str, int], pairs: int, size: int, procs: int = 4) -> float:

@@ -16,10 +16,12 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from forwarding import sync
 
@@ -174,6 +176,27 @@ def recv_bytes(sock: socket.socket, size: int) -> tuple[float, float]:
             raise EOFError(f"got {got} of {size}")
         got += n
     return first, time.monotonic()
+
+
+def move_pairs(pairs: list[tuple[socket.socket, socket.socket]], size: int, barrier: Any, q: Any) -> None:
+    """Each pair's sender sends ``size`` bytes to its receiver, all at once from the barrier on; puts
+    the time the last byte anywhere arrived on ``q``, then closes them."""
+    ends: list[float] = []
+
+    def receive(sock: socket.socket) -> None:
+        ends.append(recv_bytes(sock, size)[1])
+
+    threads = [threading.Thread(target=receive, args=(rx,)) for _, rx in pairs]
+    threads += [threading.Thread(target=send_bytes, args=(tx, size)) for tx, _ in pairs]
+    barrier.wait(300)
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    q.put(max(ends))
+    for tx, rx in pairs:
+        tx.close()
+        rx.close()
 
 
 def wait_listening(proc: subprocess.Popen[bytes], ports: list[int], name: str) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import socket
-import threading
 import time
 from multiprocessing.queues import Queue
 from multiprocessing.synchronize import Barrier
@@ -27,10 +26,9 @@ from .common import (
     fmt,
     have_haproxy,
     median,
+    move_pairs,
     open_session,
-    recv_bytes,
     rss_kib,
-    send_bytes,
     tune,
 )
 
@@ -65,22 +63,7 @@ def _worker(
             rx = open_session(address, f"rx{i}", [f"tx{i}"], security)
             tx = open_session(address, f"tx{i}", [f"rx{i}"], security)
             pairs.append((tx, rx))
-    ends: list[float] = []
-
-    def receive(sock: socket.socket) -> None:
-        ends.append(recv_bytes(sock, size)[1])
-
-    threads = [threading.Thread(target=receive, args=(rx,)) for _, rx in pairs]
-    threads += [threading.Thread(target=send_bytes, args=(tx, size)) for tx, _ in pairs]
-    barrier.wait(120)
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
-    q.put(max(ends))
-    for tx, rx in pairs:
-        tx.close()
-        rx.close()
+    move_pairs(pairs, size, barrier, q)
 
 
 def measure(

@@ -59,6 +59,15 @@ def cut_off(tx: Streamer, since: float, bound: float) -> None:
     tx.client.close()
 
 
+def behind_a_proxy(start_node: Callable[..., ServerProcess], i: int) -> tuple[ServerProcess, LegProxy]:
+    """Node ``i``, whose legs the other nodes reach through a proxy that the test can make fail."""
+    leg_port = free_port()
+    proxy = LegProxy(("127.0.0.1", leg_port))
+    proxy.start()
+    listen = ("--cluster-listen", f"127.0.0.1:{leg_port}", "--cluster-advertise", f"127.0.0.1:{proxy.port}")
+    return start_node(i, *FAST, *listen), proxy
+
+
 def test_kill_9_of_the_receivers_node(start_node: Callable[..., ServerProcess]) -> None:
     n0, n1, n2 = (start_node(i, *FAST) for i in range(3))
     tx, rx = streaming_pair(n0, "alice", n1, "bob")
@@ -87,13 +96,8 @@ def test_kill_9_of_the_receivers_node(start_node: Callable[..., ServerProcess]) 
 
 
 def test_a_reset_leg_closes_both_ends_with_link_lost(start_node: Callable[..., ServerProcess]) -> None:
-    leg_port = free_port()
-    proxy = LegProxy(("127.0.0.1", leg_port))
-    proxy.start()
     n0 = start_node(0, *FAST)
-    n1 = start_node(
-        1, *FAST, "--cluster-listen", f"127.0.0.1:{leg_port}", "--cluster-advertise", f"127.0.0.1:{proxy.port}"
-    )
+    n1, proxy = behind_a_proxy(start_node, 1)
     n2 = start_node(2, *FAST)
     tx, rx = streaming_pair(n0, "alice", n1, "bob")
     other_tx, other_rx = streaming_pair(n0, "carol", n2, "dave")
@@ -118,13 +122,8 @@ def test_a_reset_leg_closes_both_ends_with_link_lost(start_node: Callable[..., S
 
 
 def test_a_black_holed_leg_is_found_and_its_sender_closed(start_node: Callable[..., ServerProcess]) -> None:
-    leg_port = free_port()
-    proxy = LegProxy(("127.0.0.1", leg_port))
-    proxy.start()
     n0 = start_node(0, *FAST)
-    n1 = start_node(
-        1, *FAST, "--cluster-listen", f"127.0.0.1:{leg_port}", "--cluster-advertise", f"127.0.0.1:{proxy.port}"
-    )
+    n1, proxy = behind_a_proxy(start_node, 1)
     tx, rx = streaming_pair(n0, "alice", n1, "bob")
     proxy.forwarding = False
     stalled = time.monotonic()
