@@ -267,3 +267,17 @@ def test_a_claim_here_replaces_a_remote_owner_the_replica_has_not_released_yet()
     router.local.release(router.local.local_sink("moved"))  # type: ignore[arg-type]
     assert claim(router, mine) is None
     assert router.local_sink("moved") is mine
+
+
+def test_a_create_lost_to_another_node_counts_as_a_lost_race_however_nats_py_reports_it() -> None:
+    import nats.js.errors
+
+    from forwarding.routing.registry import _lost_race
+
+    # nats-py reads the key back after a lost create and may say "not found", with no err_code:
+    # a sweep that met it crashed with AttributeError (caught by CI in the cluster tests).
+    assert _lost_race(nats.js.errors.KeyNotFoundError())
+    assert _lost_race(nats.js.errors.KeyWrongLastSequenceError())
+    assert _lost_race(nats.js.errors.APIError(code=400, err_code=10071))
+    assert not _lost_race(nats.js.errors.APIError(code=503, err_code=10008))
+    assert not _lost_race(TimeoutError())

@@ -208,7 +208,9 @@ class ClusterRouter:
             owner = await self.registry.claim(chid, session, sink.recvers, sink.framed)
             self.claims += 1
             self.claim_seconds += time.monotonic() - began
-        except Unavailable as exc:
+        except Exception as exc:  # Unavailable, or a NATS error the registry did not foresee: not an answer
+            if not isinstance(exc, Unavailable):
+                log.error("claim failed", exc_info=exc, extra={"fields": {"chid": chid}})
             log.warning("claim refused: registry unavailable", extra={"fields": {"chid": chid, "error": str(exc)}})
             # A request that timed out may still have been written: if the replica
             # ever shows this claim, it is given back (registry_changed).
@@ -264,7 +266,12 @@ class ClusterRouter:
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # said once, not "never retrieved"
+            log.error("registry task failed", exc_info=task.exception())
 
     async def close(self) -> None:
         for task in list(self._tasks):

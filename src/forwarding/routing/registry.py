@@ -73,10 +73,15 @@ WRONG_LAST_SEQUENCE = (10071, 10164)
 
 
 def _lost_race(exc: BaseException) -> bool:
-    """A compare-and-swap found another revision: somebody else's claim, or a newer one."""
-    if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError):
+    """A compare-and-swap found another revision: somebody else's claim, or a newer one.
+
+    nats-py's ``create`` reads the key back after losing and may report the
+    loss as "key not found" (see :meth:`NatsRegistry.claim`); its errors built
+    that way carry no ``err_code``.
+    """
+    if isinstance(exc, nats.js.errors.KeyWrongLastSequenceError | nats.js.errors.KeyNotFoundError):
         return True
-    return isinstance(exc, nats.js.errors.APIError) and exc.err_code in WRONG_LAST_SEQUENCE
+    return isinstance(exc, nats.js.errors.APIError) and getattr(exc, "err_code", None) in WRONG_LAST_SEQUENCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -412,7 +417,12 @@ class NatsRegistry:
         # A task of its own: the watch must go on meanwhile, and a sweep may retry.
         task = asyncio.ensure_future(self._sweep(node, epoch))
         self._sweeps.add(task)
-        task.add_done_callback(self._sweeps.discard)
+        task.add_done_callback(self._sweep_done)
+
+    def _sweep_done(self, task: asyncio.Task[None]) -> None:
+        self._sweeps.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # said once, not "never retrieved"
+            log.error("sweep failed", exc_info=task.exception())
 
     async def _sweep(self, node: str, epoch: str) -> None:
         """A node's lease lapsed: the one survivor that wins the sweep key frees its chids.
