@@ -355,3 +355,23 @@ def test_a_framed_senders_new_recvers_keep_a_half_closed_receiver_on_another_nod
     assert rx.recv_exactly(11) == b"late answer"
     tx.c.close()
     rx.close()
+
+
+def test_the_workers_supervisor_restarts_a_worker_that_dies() -> None:
+    server = ServerProcess("--workers", "2", "--lease-ttl", "4", timeout=TIMEOUT * 2)
+    try:
+        server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
+        children = subprocess.run(
+            ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.proc.pid)], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+        victim = next(line for line in children if "--node-id" in line and line.rstrip().endswith("-0"))
+        os.kill(int(victim.split()[0]), 9)
+        node = server.wait_for_log(r'a worker died node="([^"]+)"').group(1)
+        assert node.endswith("-0")
+        # Back under its own id once its dead run's lease has lapsed.
+        server.wait_for_count(rf'joined the cluster node="{node}"', 2, timeout=TIMEOUT + 4)
+        for i in range(6):  # the kernel places them: some on the new worker
+            c, _ = handshake(server, f"after{i}")
+            c.close()
+    finally:
+        assert server.stop() == 0

@@ -120,11 +120,13 @@ class Worker:
         self.ready = r
 
 
-def worker_args(argv: list[str], config: ServerConfig, index: int, node: str, port: int) -> list[str]:
+def worker_args(
+    argv: list[str], config: ServerConfig, index: int, node: str, port: int, ws_port: int | None = None
+) -> list[str]:
     """The supervisor's own flags, then what makes this worker one of N (flags given last win)."""
     args = [*argv, "--workers", "1", "--reuse-port", "--port", str(port), "--node-id", node]
-    if config.ws_port:
-        args += ["--ws-port", str(config.ws_port)]
+    if config.ws_port is not None:
+        args += ["--ws-port", str(ws_port)]
     if config.admin_socket:
         args += ["--admin-socket", f"{config.admin_socket}.{index}"]  # one per worker: each lists its own
     if config.metrics:
@@ -147,8 +149,10 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
     # Port 0: pick one for all of them (each worker would pick its own otherwise).
     port = config.port or _free_port(config.hosts[0])
     base = config.cluster.node if config.cluster is not None and config.cluster.node else default_node_id()
+    ws_port = None if config.ws_port is None else config.ws_port or _free_port(config.hosts[0])
     workers = [
-        Worker(i, f"{base}-{i}", worker_args([*argv, *cluster_args], config, i, f"{base}-{i}", port)) for i in range(n)
+        Worker(i, f"{base}-{i}", worker_args([*argv, *cluster_args], config, i, f"{base}-{i}", port, ws_port))
+        for i in range(n)
     ]
     # Signals wake the loop through a pipe (set_wakeup_fd): a blocked signal mask
     # would be inherited by the workers across exec, and they must get theirs.
@@ -168,7 +172,7 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
             fields = {"workers": n, "port": port, "nats": servers}
             log.info("workers ready", extra={"fields": fields})
             notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={n} workers")
-            status = _watch(workers, env, wake_r)
+            status = _watch(workers, env, wake_r, nats)
     finally:
         _stop(workers, config.shutdown_grace + STOP_SLACK)
         signal.set_wakeup_fd(old_wakeup)
@@ -212,7 +216,7 @@ def _signals(wake: int) -> list[signal.Signals]:
     return [signal.Signals(b) for b in os.read(wake, 64)]
 
 
-def _watch(workers: list[Worker], env: dict[str, str], wake: int) -> int:
+def _watch(workers: list[Worker], env: dict[str, str], wake: int, nats: LocalNats | None) -> int:
     while True:
         for sig in _signals(wake):
             if sig in (signal.SIGTERM, signal.SIGINT):
@@ -225,6 +229,11 @@ def _watch(workers: list[Worker], env: dict[str, str], wake: int) -> int:
                 if sig is signal.SIGUSR2:  # drained workers exit 0; then so do we
                     notify("STOPPING=1\nSTATUS=draining")
             elif sig is signal.SIGCHLD:
+                if nats is not None and nats.proc.poll() is not None:
+                    # Without their registry the workers refuse every handshake: stop, and
+                    # let the service manager start everything again.
+                    log.error("the nats-server died: stopping", extra={"fields": {"status": nats.proc.returncode}})
+                    return 1
                 status = _reap(workers, env)
                 if status is not None:
                     return status
