@@ -17,6 +17,7 @@ from pathlib import Path
 import forwarding
 from forwarding.protocol.sealing import Sealer
 from forwarding.server.legs import seal_header
+from forwarding.server.workers import LocalNats
 
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from ..integration.test_framed import Framed
@@ -362,7 +363,10 @@ def test_the_workers_supervisor_restarts_a_worker_that_dies() -> None:
     try:
         server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
         children = subprocess.run(
-            ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.proc.pid)], capture_output=True, text=True, check=True
+            ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.proc.pid)],
+            capture_output=True,
+            text=True,
+            check=True,
         ).stdout.splitlines()
         victim = next(line for line in children if "--node-id" in line and line.rstrip().endswith("-0"))
         os.kill(int(victim.split()[0]), 9)
@@ -375,3 +379,16 @@ def test_the_workers_supervisor_restarts_a_worker_that_dies() -> None:
             c.close()
     finally:
         assert server.stop() == 0
+
+
+def test_a_node_that_cannot_join_says_why_and_exits_1() -> None:
+    nats = LocalNats()  # one server: three replicas cannot be
+    try:
+        cmd = [sys.executable, "-m", "forwarding", "serve", "--port", "0", "--host", "127.0.0.1",
+               "--cluster", nats.url, "--cluster-secret", "s", "--cluster-replicas", "3"]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT * 2)
+    finally:
+        nats.stop()
+    assert done.returncode == 1
+    assert "cannot join the cluster" in done.stderr and "replicas" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr

@@ -51,6 +51,8 @@ SWEEP_ATTEMPTS = 40
 SWEEP_RETRY = 0.5
 """A sweep retries for 20 s: longer than JetStream takes to elect a new leader."""
 
+CONFIGURATION_ERRORS = (10039, 10074)
+"""JetStream's answers that no retry changes: not enabled for the account, replicas > 1 on one server."""
 CLOSE_WAIT = 2.0
 """Seconds the lease's release and the connection's close may take at shutdown."""
 
@@ -141,15 +143,22 @@ class NatsRegistry:
     async def start(self, timeout: float = 15.0) -> None:
         """Connect, make or bind the buckets, take the lease, and load both replicas."""
         loop = asyncio.get_running_loop()
-        self._nc = await nats.connect(
-            servers=list(self.config.servers),
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.2,
-            connect_timeout=2,
-            error_cb=self._nats_error,
-            user_credentials=self.config.creds,
-            tls=self.config.tls,
-        )
+        try:
+            # Reconnects for ever once connected; the first connection has ``timeout``.
+            self._nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=list(self.config.servers),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.2,
+                    connect_timeout=2,
+                    error_cb=self._nats_error,
+                    user_credentials=self.config.creds,
+                    tls=self.config.tls,
+                ),
+                timeout,
+            )
+        except TimeoutError:
+            raise Unavailable(f"no NATS server answered within {timeout:g} s") from None
         js = self._js = self._nc.jetstream()
         storage = StorageType.MEMORY if self.config.memory else StorageType.FILE
         # An earlier run of this node id that died holds its lease for up to one TTL more.
@@ -179,9 +188,15 @@ class NatsRegistry:
                     waiting_told = True
                     log.warning("waiting for the lease of this node id to lapse", extra={"fields": {"why": str(exc)}})
                 await asyncio.sleep(0.25)
-            except (TimeoutError, nats.errors.Error, nats.js.errors.Error):
+            except nats.js.errors.APIError as exc:
+                if getattr(exc, "err_code", None) in CONFIGURATION_ERRORS:
+                    raise Unavailable(exc.description or str(exc)) from None  # retrying will not help
                 if loop.time() > deadline:
-                    raise
+                    raise Unavailable(exc.description or str(exc)) from None
+                await asyncio.sleep(0.2)
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                if loop.time() > deadline:
+                    raise Unavailable(str(exc) or type(exc).__name__) from None
                 await asyncio.sleep(0.2)
         self._tasks = [
             asyncio.ensure_future(self._watch(self._chids, self._chid_changed, self._chids_resync)),

@@ -14,8 +14,10 @@ import logging
 import ssl
 from typing import TYPE_CHECKING
 
+import nats.errors
+
 from ..config import ClusterSettings, default_node_id
-from ..routing.cluster import ClusterRouter, Owner
+from ..routing.cluster import ClusterRouter, Owner, Unavailable
 from ..routing.registry import NatsRegistry, RegistryConfig
 from . import legs
 from .outcome import Outcome
@@ -67,7 +69,12 @@ class Node:
         self.registry = NatsRegistry(config, on_change=self._changed, on_fenced=self._fenced, on_lapsed=self._lapsed)
         self.cluster = ClusterRouter(self.id, self.registry, legs.opener(relay))
         relay.router = relay.cluster = self.cluster
-        await self.registry.start()
+        try:
+            await self.registry.start()
+        except (Unavailable, TimeoutError, OSError, nats.errors.Error) as exc:
+            # A clear line for the operator, not a traceback: serve exits 1 with it.
+            await self.leave()
+            raise OSError(f"cannot join the cluster at {','.join(settings.servers)}: {exc}") from None
         fields = {"node": self.id, "legs": self.leg_address, "nats": ",".join(settings.servers)}
         log.info("joined the cluster", extra={"fields": fields})
 
