@@ -51,6 +51,9 @@ class Node:
         self.leg_address = settings.advertise or (
             f"[{bound_host}]:{bound_port}" if ":" in bound_host else f"{bound_host}:{bound_port}"
         )
+        if not settings.advertise and bound_host in ("0.0.0.0", "::"):
+            fields = {"legs": self.leg_address, "fix": "--cluster-advertise HOST:PORT"}
+            log.warning("other hosts cannot dial an unspecified address for legs", extra={"fields": fields})
         tls = None
         if settings.tls_ca:
             tls = ssl.create_default_context(cafile=settings.tls_ca)
