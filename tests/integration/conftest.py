@@ -92,6 +92,13 @@ class ServerProcess:
                     return int(row.split()[1])
         raise AssertionError("no VmRSS")
 
+    def stop_cleanly(self, codes: tuple[int, ...] = (0,)) -> None:
+        """Stop; the exit status must be one of ``codes`` and the log free of tracebacks."""
+        code = self.stop()
+        log = "\n".join(self.lines)
+        assert "Traceback" not in log, log
+        assert code in codes, log
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -112,10 +119,7 @@ def start_server() -> Iterator[Callable[..., ServerProcess]]:
 
     yield start
     for server in servers:
-        code = server.stop()
-        log = "\n".join(server.lines)
-        assert "Traceback" not in log, log
-        assert code == 0, log
+        server.stop_cleanly()
 
 
 @pytest.fixture
