@@ -34,7 +34,10 @@ class ServerProcess:
         if "--host" not in args:
             cmd += ["--host", "127.0.0.1"]
         full_env = {**os.environ, **(env or {})}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env)
+        # Its own process group: a server that will not stop is killed with its workers and nats-server.
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
+        )
         self.lines: list[str] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
@@ -99,10 +102,15 @@ class ServerProcess:
         assert "Traceback" not in log, log
         assert code in codes, log
 
-    def stop(self) -> int:
+    def stop(self, timeout: float = TIMEOUT) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        code = self.proc.wait(TIMEOUT)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+            raise AssertionError(f"no exit {timeout} s after SIGTERM:\n" + "\n".join(self.lines[-60:])) from None
         self._reader.join(TIMEOUT)
         return code
 

@@ -17,7 +17,6 @@ that reaches only its own sessions (:meth:`ClusterRouter.route_local`).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -27,6 +26,7 @@ from typing import Any, Protocol
 
 from .base import ClaimDone, OnlineCallback, Sink
 from .local import LocalRouter
+from .tasks import cancel_all
 
 log = logging.getLogger("forwarding.cluster")
 
@@ -57,6 +57,8 @@ def new_session_id() -> str:
 RELEASE_ATTEMPTS = 20
 RELEASE_RETRY = 0.5
 ABANDONED_FOR = 120.0
+CLOSE_WAIT = 2.0
+"""Seconds the background tasks (releases under way) may take to end on the way out."""
 
 
 class Registry(Protocol):
@@ -274,11 +276,7 @@ class ClusterRouter:
             log.error("registry task failed", exc_info=task.exception())
 
     async def close(self) -> None:
-        for task in list(self._tasks):
-            task.cancel()
-        for task in list(self._tasks):
-            with contextlib.suppress(BaseException):  # cancelled on the way out
-                await task
+        await cancel_all(self._tasks, CLOSE_WAIT)
 
     # -- the replica: other nodes' sessions ------------------------------------
 

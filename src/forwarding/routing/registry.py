@@ -42,6 +42,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KV_DEL, KV_PURGE, KeyValue
 
 from .cluster import Owner, Unavailable, new_session_id
+from .tasks import cancel_all
 
 __all__ = ["NatsRegistry", "Owner", "RegistryConfig", "Unavailable", "chid_key", "key_chid"]
 
@@ -207,12 +208,7 @@ class NatsRegistry:
 
     async def close(self, release: bool = True) -> None:
         """Stop; with ``release``, give the lease back so that the others need not wait for it to lapse."""
-        tasks = [*self._tasks, *self._sweeps]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_all([*self._tasks, *self._sweeps], CLOSE_WAIT)
         if self._nc is not None:
             if release and self._nodes is not None and self._lease_revision and self.available:
                 with contextlib.suppress(Exception):
@@ -530,7 +526,8 @@ class NatsRegistry:
         while not self._fenced:
             await asyncio.sleep(cfg.renew_every)
             try:
-                self._lease_revision = await asyncio.wait_for(self._renew(), cfg.renew_every)
+                async with asyncio.timeout(cfg.renew_every):  # not wait_for: 3.11's can lose a cancel
+                    self._lease_revision = await self._renew()
                 self._renewed_at = loop.time()
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 late = loop.time() - self._renewed_at

@@ -269,6 +269,7 @@ def _stop(workers: list[Worker], grace: float) -> None:
         try:
             worker.proc.wait(max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
+            log.error("a worker did not stop in time: killed", extra={"fields": {"node": worker.node}})
             worker.proc.kill()
             worker.proc.wait()
         if worker.ready >= 0:
