@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import struct
 import subprocess
@@ -14,7 +15,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 import forwarding
+import forwarding.sync
 from forwarding.protocol.sealing import Sealer
 from forwarding.server.legs import seal_header
 from forwarding.server.workers import LocalNats
@@ -392,3 +396,48 @@ def test_a_node_that_cannot_join_says_why_and_exits_1() -> None:
     assert done.returncode == 1
     assert "cannot join the cluster" in done.stderr and "replicas" in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def _worker_pids(supervisor: ServerProcess) -> dict[str, int]:
+    """The supervisor's children by what they are: node ids for workers, ``nats`` for its nats-server."""
+    rows = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(supervisor.proc.pid)], capture_output=True, text=True
+    ).stdout.splitlines()
+    out = {}
+    for row in rows:
+        pid, args = row.split(None, 1)
+        out["nats" if "nats-server" in args else args.split("--node-id ")[-1].split()[0]] = int(pid)
+    return out
+
+
+def test_the_workers_supervisor_passes_on_reload_and_drain(tmp_path: Path) -> None:
+    config = tmp_path / "relay.toml"
+    config.write_text('secret = "old secret"\n')
+    server = ServerProcess("--workers", "2", "--config", str(config), timeout=TIMEOUT * 2)
+    server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
+    config.write_text('secret = "new secret"\n')
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for_count(r'reloaded changed="secret"', 2)  # each worker, not only the one a client hit
+    for _ in range(8):  # the kernel spreads them over both workers
+        with pytest.raises(forwarding.WrongSecret):
+            forwarding.sync.connect(server.address, secret="old secret", timeout=TIMEOUT)
+        forwarding.sync.connect(server.address, secret="new secret", timeout=TIMEOUT).close()
+    server.proc.send_signal(signal.SIGUSR2)
+    server.wait_for_count(r"\bdraining\b", 2)
+    assert server.proc.wait(TIMEOUT * 2) == 0  # drained workers exit, and then so does the supervisor
+    server.stop_cleanly()
+
+
+def test_the_workers_supervisor_stops_when_its_nats_server_dies() -> None:
+    server = ServerProcess("--workers", "2", "--log-level", "debug", timeout=TIMEOUT * 2)
+    server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
+    server.wait_for_log(r'nats-server line="Server is ready"')  # its log is read (a full pipe would stop it)
+    children = _worker_pids(server)
+    assert len(children) == 3, children
+    os.kill(children.pop("nats"), signal.SIGKILL)
+    server.wait_for_log(r"the nats-server died: stopping")
+    assert server.proc.wait(TIMEOUT * 2) == 1  # a service manager starts it all again
+    server.stop_cleanly(codes=(1,))
+    for pid in children.values():  # and no worker is left behind
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

@@ -27,7 +27,9 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
+import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -46,6 +48,8 @@ RESTARTS = 5
 RESTART_WINDOW = 60.0
 """More than this many worker deaths within the window: something is wrong beyond one crash, stop."""
 FORWARDED = (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+NATS_LEVELS = {"[WRN]": logging.WARNING, "[ERR]": logging.ERROR, "[FTL]": logging.ERROR}
+"""nats-server's log levels that reach our log above debug."""
 STOP_SLACK = 15.0
 """Seconds beyond --shutdown-grace a worker may take to leave the cluster before it is killed."""
 
@@ -70,7 +74,14 @@ class LocalNats:
         self.port = _free_port("127.0.0.1")
         self.url = f"nats://127.0.0.1:{self.port}"
         cmd = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self._store.name]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        )
+        # Its log is read for as long as it runs: a pipe nobody empties would fill up
+        # over days of warnings and stop nats-server, and the whole registry with it.
+        self._tail: deque[str] = deque(maxlen=20)
+        self._reader = threading.Thread(target=self._relay_log, name="nats-server log", daemon=True)
+        self._reader.start()
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -78,11 +89,24 @@ class LocalNats:
                 break
             except OSError:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
-                    err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
                     self.stop()
-                    raise OSError(f"nats-server did not start: {err.strip()[-300:]}") from None
+                    raise OSError(f"nats-server did not start: {' / '.join(self._tail)[-300:]}") from None
                 time.sleep(0.05)  # a process start-up: nothing to wait on but the port
         log.info("nats-server started", extra={"fields": {"url": self.url, "pid": self.proc.pid}})
+
+    def _relay_log(self) -> None:
+        """nats-server's lines into ours: its warnings and errors as such, the rest at debug."""
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            text = line.rstrip()
+            self._tail.append(text)
+            level = logging.DEBUG
+            for tag, lvl in NATS_LEVELS.items():
+                if tag in text:
+                    level = lvl
+                    break
+            if log.isEnabledFor(level):
+                log.log(level, "nats-server", extra={"fields": {"line": text.split("] ", 2)[-1]}})
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -90,8 +114,10 @@ class LocalNats:
             try:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
+                log.error("nats-server did not stop in time: killed", extra={"fields": {"pid": self.proc.pid}})
                 self.proc.kill()
                 self.proc.wait()
+        self._reader.join(2)
         self._store.cleanup()
 
 
