@@ -9,12 +9,18 @@ nodes lose nothing.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable
 
-from ..integration.conftest import TIMEOUT, Client, ServerProcess
+import pytest
+
+from forwarding.server.legs import CONNECT_TIMEOUT
+
+from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake
 from ..integration.test_framed import Framed
 from .conftest import free_port
 from .faults import EndWatcher, LegProxy, Receiver, Streamer, kernel_buffer_bound
@@ -254,3 +260,50 @@ def test_a_hung_node_is_found_by_its_stalled_legs_and_its_lapsed_lease(
     from_hung.stop.set()
     at_hung.join(TIMEOUT)
     assert at_hung.intact
+
+
+@pytest.mark.parametrize("port", ["closed", "silent"])
+def test_a_leg_that_cannot_connect_closes_its_sender_with_link_lost(
+    start_node: Callable[..., ServerProcess], port: str
+) -> None:
+    """A node whose leg port refuses, or drops every SYN: the sender is told within the connect timeout."""
+    with contextlib.ExitStack() as stack:
+        if port == "closed":
+            address = ("127.0.0.1", free_port())
+        else:  # a listener that never accepts, its queue full: the kernel drops further SYNs
+            hole = stack.enter_context(socket.socket())
+            hole.bind(("127.0.0.1", 0))
+            hole.listen(0)
+            address = hole.getsockname()
+            for _ in range(3):
+                filler = stack.enter_context(socket.socket())
+                filler.setblocking(False)
+                filler.connect_ex(address)
+        n0 = start_node(0, *FAST)
+        n1 = start_node(1, *FAST, "--cluster-advertise", f"{address[0]}:{address[1]}")
+        rx = Client(n1.address)
+        rx.send_json({"req": "hs1", "chid": "bob"})
+        assert rx.read_line()["rsp"] == "hs2"
+        rx.send_json({"req": "hs3"})
+        assert rx.read_line()["result"] == "OK"
+        tx, _ = handshake(n0, "alice", ["bob"], wait=True)
+        tx.sock.sendall(b"x" * 1000)
+        sent = time.monotonic()
+        ended = EndWatcher(tx).wait(CONNECT_TIMEOUT + 3)
+        assert ended - sent < CONNECT_TIMEOUT + 3
+        fields = closed_fields(n0, "alice")
+        assert fields["reason"] == "link_lost", fields
+        why = "no answer from" if port == "silent" else "refused"
+        assert "cannot reach node node1" in n0.closed_line("alice") and why in n0.closed_line("alice"), n0.lines
+        assert int(fields["in"]) == int(fields["dropped"]) == 1000, fields  # all of it, counted
+        # Bob's node never had a leg from alice: the registry tells it that her stream
+        # to it has a gap, so bob is reset, not given a FIN as if her stream were whole.
+        receiver = closed_fields(n1, "bob")
+        assert receiver["reason"] == "link_lost", receiver
+        assert "has a gap" in n1.closed_line("bob")
+        rx.sock.settimeout(TIMEOUT)
+        with pytest.raises(ConnectionResetError):
+            while rx.sock.recv(1 << 16):
+                pass
+        tx.close()
+        rx.close()

@@ -36,10 +36,10 @@ class FakeRegistry:
         self.revision += 1
         return Owner("a", session, self.revision, recvers, framed)
 
-    async def update(self, chid: str, owner: Owner, recvers: Any) -> Owner | None:
+    async def update(self, chid: str, owner: Owner, recvers: Any, cut: tuple[str, ...] = ()) -> Owner | None:
         self.revision += 1
-        self.updates.append((chid, recvers))
-        return Owner(owner.node, owner.session, self.revision, recvers, owner.framed)
+        self.updates.append((chid, recvers, cut) if cut else (chid, recvers))
+        return Owner(owner.node, owner.session, self.revision, recvers, owner.framed, cut=cut)
 
     async def release(self, chid: str, owner: Owner) -> bool:
         self.released_revisions.append(owner.revision)
@@ -281,3 +281,34 @@ def test_a_create_lost_to_another_node_counts_as_a_lost_race_however_nats_py_rep
     assert _lost_race(nats.js.errors.APIError(code=400, err_code=10071))
     assert not _lost_race(nats.js.errors.APIError(code=503, err_code=10008))
     assert not _lost_race(TimeoutError())
+
+
+def test_a_failed_leg_is_written_to_the_registry_before_its_senders_release(
+    loop: asyncio.AbstractEventLoop,
+) -> None:
+    router, registry, legs = make()
+    remote(router, "rx")  # on node b
+    tx = FakeSink("tx", ("rx",))
+    assert claim(router, tx) is None
+    router.route(tx, tx.recvers, b"lost")
+    router.leg_lost(tx, legs[0], "connect", "cannot reach node b", 4)
+    assert tx.events == [("link_lost", "cannot reach node b")]
+    router.release(tx)  # as its session closes
+    loop.run_until_complete(asyncio.sleep(0.01))
+    assert registry.updates == [("tx", ("rx",), ("b",))]  # first the gap, then the release, on its revision
+    assert registry.released == ["tx"] and registry.released_revisions == [registry.revision]
+
+
+def test_a_stream_cut_to_this_node_closes_its_receivers_here_with_link_lost() -> None:
+    router, _, _ = make()
+    bob, carol, dave, erin = FakeSink("bob"), FakeSink("carol"), FakeSink("dave"), FakeSink("erin")
+    for sink in (bob, carol, dave, erin):
+        assert claim(router, sink) is None
+    remote(router, "tx", recvers=("bob", "carol"))
+    remote(router, "other", recvers=("dave",), cut=("c",))  # a gap to another node: not ours
+    router.registry_changed("tx", Owner("b", "s-tx", 2, ("bob", "carol"), cut=("a",)))
+    router.registry_changed("tx", Owner("b", "s-tx", 3, ("bob", "carol"), cut=("a",)))  # said once
+    remote(router, "late", recvers=("erin",), cut=("a",))  # first seen with its gap
+    for sink in (bob, carol, erin):
+        assert [e[0] for e in sink.events] == ["link_lost"] and "has a gap" in sink.events[0][1]
+    assert dave.events == []

@@ -38,6 +38,9 @@ class FakeSink:
 
     def unthrottle(self, by: Sink) -> None: ...
 
+    def link_lost(self, desc: str, dropped: int = 0) -> None:
+        self.events.append(("link_lost", desc))
+
 
 def test_a_receiver_hears_last_only_when_its_last_named_sender_ends():
     r = LocalRouter()

@@ -48,6 +48,9 @@ class Owner:
     framed: bool = False
     epoch: str = ""
     """The run of the node that claimed it: a node restarted with the same id is a new epoch."""
+    cut: tuple[str, ...] = ()
+    """Nodes this session's stream to which has a gap (a leg to them failed), written before its release:
+    their receivers of it are closed with ``link_lost`` then, not given a FIN as if the stream were whole."""
 
 
 def new_session_id() -> str:
@@ -73,13 +76,20 @@ class Registry(Protocol):
 
     async def release(self, chid: str, owner: Owner) -> bool: ...
 
-    async def update(self, chid: str, owner: Owner, recvers: tuple[str, ...] | None) -> Owner | None: ...
+    async def update(
+        self, chid: str, owner: Owner, recvers: tuple[str, ...] | None, cut: tuple[str, ...] = ()
+    ) -> Owner | None: ...
 
     def node(self, node_id: str) -> dict[str, Any] | None: ...
 
 
 class Leg(Sink, Protocol):
     """One sender session's stream to one other node."""
+
+    @property
+    def node(self) -> str:
+        """The node it goes to."""
+        ...
 
     @property
     def done(self) -> bool:
@@ -118,6 +128,7 @@ class RemoteSink:
 
     __slots__ = (
         "chid", "node", "session", "revision", "recvers", "framed", "has_sent", "confirmed", "gone", "left", "legs_in",
+        "cut",
     )  # fmt: skip
 
     def __init__(self, chid: str, node: str, session: str, recvers: tuple[str, ...] | None, framed: bool) -> None:
@@ -132,6 +143,7 @@ class RemoteSink:
         self.gone = False  # the replica has shown its release
         self.left = False  # its node said so on a leg to it, before the replica: bytes for it are dropped here
         self.legs_in = 0  # legs from it into this node, still open: its release waits for them
+        self.cut = False  # its node wrote that its stream to this node has a gap: whom it fed here are closed
 
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:  # pragma: no cover - routed to a leg
         return False
@@ -179,6 +191,7 @@ class ClusterRouter:
         self._legs: dict[Sink, dict[str, Leg]] = {}  # sender -> node -> its leg there
         self._tasks: set[asyncio.Task[None]] = set()
         self._recvers_due: dict[Sink, tuple[str, ...] | None] = {}  # recvers to write to the registry
+        self._cut: dict[Sink, set[str]] = {}  # senders whose legs failed -> the nodes, written at release
         self._abandoned: dict[str, float] = {}  # session ids of claims whose answer was lost -> when
         self.leg_failures: dict[str, int] = {}
         """Legs that broke, by reason: for metrics."""
@@ -251,7 +264,16 @@ class ClusterRouter:
             leg.hang_up()
         self.local.release(sink)
         owner = self._owned.pop(sink, None)
-        if owner is not None and sink not in self._recvers_due:  # else the writer releases it, on its revision
+        if owner is None:
+            self._cut.pop(sink, None)
+        elif sink in self._recvers_due:
+            pass  # the writer releases it, on its revision
+        elif sink in self._cut:
+            # The nodes its failed legs went to learn of the gap before the release
+            # (one key, in order): a FIN there would say the stream was whole.
+            self._recvers_due[sink] = sink.recvers
+            self._spawn(self._write_recvers(sink, owner))
+        else:
             self._spawn(self._release_claim(sink.chid, owner))
 
     async def _release_claim(self, chid: str, owner: Owner) -> None:
@@ -297,6 +319,8 @@ class ClusterRouter:
             if current.session == owner.session:
                 current.confirmed = True
                 current.revision = owner.revision
+                if self.node in owner.cut:
+                    self._stream_cut(current)
                 if current.recvers != owner.recvers and not current.legs_in:  # a leg says it in the stream
                     self.leg_retargeted(current, owner.recvers)
                     if log.isEnabledFor(logging.DEBUG):
@@ -311,7 +335,20 @@ class ClusterRouter:
         sink = RemoteSink(chid, owner.node, owner.session, owner.recvers, owner.framed)
         sink.confirmed = True
         sink.revision = owner.revision
-        self._add_remote(sink)
+        if self._add_remote(sink) and self.node in owner.cut:
+            self._stream_cut(sink)  # its claim and the gap reach us in one write
+
+    def _stream_cut(self, sender: RemoteSink) -> None:
+        """``sender``'s node could not deliver all of its stream here: close whom it was for, as a broken leg does."""
+        if sender.cut:
+            return
+        sender.cut = True
+        desc = f"the stream from {sender.chid} on node {sender.node} has a gap: a leg to this node failed"
+        targets = self._local_targets(sender.recvers)
+        fields = {"from": sender.chid, "node": sender.node, "sessions": len(targets)}
+        log.warning("stream cut", extra={"fields": fields})
+        for sink in targets:
+            sink.link_lost(desc)
 
     def _add_remote(self, sink: RemoteSink) -> bool:
         if not self.local.add(sink):
@@ -380,18 +417,20 @@ class ClusterRouter:
         ``fed`` collects the sessions reached: if the leg breaks, their streams have a gap.
         """
         origin = leg.chid
-        sinks = self.local.sinks
-        targets: Iterable[Sink]
-        if recvers is None:
-            targets = [s for s in sinks.values() if type(s) is not RemoteSink]
-        else:
-            targets = [s for s in (sinks.get(c) for c in recvers) if s is not None and type(s) is not RemoteSink]
+        targets = self._local_targets(recvers)
         for sink in targets:
             if sink.deliver(data, origin):
                 leg.throttle(sink)
         if fed is not None:
             fed.update(targets)
         return 0  # receivers offline everywhere were counted by the sending node
+
+    def _local_targets(self, recvers: tuple[str, ...] | None) -> list[Sink]:
+        """This node's own sessions among ``recvers`` (``None``: all of them)."""
+        sinks = self.local.sinks
+        if recvers is None:
+            return [s for s in sinks.values() if type(s) is not RemoteSink]
+        return [s for s in (sinks.get(c) for c in recvers) if s is not None and type(s) is not RemoteSink]
 
     # -- legs out of this node -------------------------------------------------
 
@@ -429,6 +468,8 @@ class ClusterRouter:
             for node, mine in list(legs.items()):
                 if mine is leg:
                     del legs[node]
+        if sender in self._owned:
+            self._cut.setdefault(sender, set()).add(leg.node)
         sender.link_lost(desc, dropped)
 
     def legs_open(self) -> int:
@@ -507,10 +548,13 @@ class ClusterRouter:
         """Write the latest recvers of ``sink`` until none is due; release the claim if it left meanwhile."""
         while sink in self._recvers_due:
             recvers = self._recvers_due[sink]
+            cut = tuple(sorted(self._cut.get(sink, ())))
             try:
-                new = await self.registry.update(sink.chid, owner, recvers)
+                new = await self.registry.update(sink.chid, owner, recvers, cut)
             except Unavailable:
-                new = None  # the other nodes keep the old recvers; its legs carry the new ones
+                # The other nodes keep the old recvers (its legs carry the new ones);
+                # a gap not written here ends there as a FIN (docs/protocol.md, 15).
+                new = None
             if new is not None:
                 owner = new
                 if sink in self._owned:
@@ -518,6 +562,7 @@ class ClusterRouter:
             if self._recvers_due.get(sink) is recvers:
                 del self._recvers_due[sink]
         if sink not in self._owned:  # released while we wrote: on the latest revision
+            self._cut.pop(sink, None)
             await self._release_claim(sink.chid, owner)
 
     def senders(self, chid: str) -> int:

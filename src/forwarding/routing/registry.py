@@ -266,9 +266,12 @@ class NatsRegistry:
         self._set_owner(chid, owner)
         return owner
 
-    async def update(self, chid: str, owner: Owner, recvers: tuple[str, ...] | None) -> Owner | None:
-        """Write ``owner``'s claim again with new recvers (a framed session's ``recvers`` command), on its
-        revision; the new owner, or ``None`` if the claim is no longer ``owner``'s."""
+    async def update(
+        self, chid: str, owner: Owner, recvers: tuple[str, ...] | None, cut: tuple[str, ...] = ()
+    ) -> Owner | None:
+        """Write ``owner``'s claim again with new recvers (a framed session's ``recvers`` command) and the
+        nodes its stream has a gap to (``cut``), on its revision; the new owner, or ``None`` if the claim
+        is no longer ``owner``'s."""
         if not self.available or self._chids is None:
             raise Unavailable("the registry is unreachable")
         fields: dict[str, Any] = {"node": owner.node, "session": owner.session, "epoch": owner.epoch}
@@ -276,6 +279,8 @@ class NatsRegistry:
             fields["recvers"] = None if recvers is None else list(recvers)
         if owner.framed:
             fields["framed"] = True
+        if cut:
+            fields["cut"] = list(cut)
         try:
             revision = await self._chids.update(
                 chid_key(chid), json.dumps(fields).encode(), last=owner.revision, validate_keys=False
@@ -284,7 +289,7 @@ class NatsRegistry:
             return None
         except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
             raise Unavailable(str(exc) or type(exc).__name__) from exc
-        new = Owner(owner.node, owner.session, revision, recvers, owner.framed, owner.epoch)
+        new = Owner(owner.node, owner.session, revision, recvers, owner.framed, owner.epoch, cut)
         self._set_owner(chid, new)
         return new
 
@@ -408,6 +413,7 @@ class NatsRegistry:
                 None if recvers is None else tuple(recvers),
                 bool(value.get("framed", False)),
                 sys.intern(str(value.get("epoch", ""))),
+                tuple(value.get("cut", ())),
             ),
         )
 

@@ -59,6 +59,9 @@ LEG_IDLE = 10 * 365 * 86400.0
 KEEPALIVE = (5, 1, 3)
 """TCP keepalive on legs: idle seconds, interval, probes. A dead node's idle legs are found in about 8 s."""
 USER_TIMEOUT_MS = 10_000
+CONNECT_TIMEOUT = 5.0
+"""Seconds a leg may take to connect. The sender is paused meanwhile (one read queued), so a node whose
+leg port drops SYNs must not hold it for the kernel's two minutes of retries."""
 """TCP_USER_TIMEOUT: a leg whose sent bytes go unacknowledged this long is broken (a black-holed node)."""
 
 
@@ -182,6 +185,7 @@ class LegOut(Session):
     def connect_failed(self, exc: BaseException) -> None:
         if self.outcome is None:
             self.outcome, self.desc = Outcome.RESET, str(exc) or type(exc).__name__
+            self.dropped += self.bytes_out  # queued for the connection that never came: all of it lost
             self._teardown()
             self._lost("connect", f"cannot reach node {self._node}: {self.desc}")
 
@@ -509,7 +513,15 @@ def opener(relay: Relay) -> Any:
         assert relay.leg_sealer is not None
         leg = LegOut(relay, cluster, sender, node, seal_header(relay.leg_sealer, fields), target)
         host, _, port = address.rpartition(":")
-        task = asyncio.ensure_future(relay.loop.create_connection(lambda: leg, host.strip("[]"), int(port)))
+
+        async def connect() -> None:
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT):
+                    await relay.loop.create_connection(lambda: leg, host.strip("[]"), int(port))
+            except TimeoutError:
+                raise TimeoutError(f"no answer from {address} in {CONNECT_TIMEOUT:g} s") from None
+
+        task = asyncio.ensure_future(connect())
 
         def connected(task: asyncio.Future[Any]) -> None:
             exc = None if task.cancelled() else task.exception()
