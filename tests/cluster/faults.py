@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import selectors
 import socket
 import struct
 import threading
 import time
 
-from ..integration.conftest import TIMEOUT, Client
+from ..integration.conftest import TIMEOUT, Client, ServerProcess
 
 
 def pattern(offset: int, size: int) -> bytes:
@@ -197,3 +198,9 @@ class LegProxy(threading.Thread):
         self._closed = True
         self.join(TIMEOUT)
         self.listener.close()
+
+
+def closed_fields(node: ServerProcess, chid: str, timeout: float = TIMEOUT) -> dict[str, str]:
+    """The fields of ``chid``'s ``session closed`` line, once it is logged."""
+    line = node.wait_for_log(rf'session closed chid="{re.escape(chid)}".*', timeout).group(0)
+    return dict(re.findall(r'(\w+)="?([^" ]*)"?', line))

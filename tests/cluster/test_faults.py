@@ -10,7 +10,6 @@ nodes lose nothing.
 from __future__ import annotations
 
 import contextlib
-import re
 import signal
 import socket
 import time
@@ -23,17 +22,12 @@ from forwarding.server.legs import CONNECT_TIMEOUT
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake
 from ..integration.test_framed import Framed
 from .conftest import free_port
-from .faults import EndWatcher, LegProxy, Receiver, Streamer, kernel_buffer_bound
+from .faults import EndWatcher, LegProxy, Receiver, Streamer, closed_fields, kernel_buffer_bound
 from .test_nodes import pair
 
 FAST = ("--slow-receiver-timeout", "2", "--lease-ttl", "4")
 DETECT = 8 + 2 + 1 + 3
 """Keepalive (5 s idle + 3 x 1 s), the slow-receiver timeout, a second, and slack for a busy 2-core CI machine."""
-
-
-def closed_fields(node: ServerProcess, chid: str, timeout: float = TIMEOUT) -> dict[str, str]:
-    line = node.wait_for_log(rf'session closed chid="{re.escape(chid)}".*', timeout).group(0)
-    return dict(re.findall(r'(\w+)="?([^" ]*)"?', line))
 
 
 def claim_result(node: ServerProcess, chid: str) -> str:

@@ -19,13 +19,15 @@ import pytest
 
 import forwarding
 import forwarding.sync
+from forwarding.protocol.frames import data_header
 from forwarding.protocol.sealing import Sealer
-from forwarding.server.legs import seal_header
+from forwarding.server.legs import MAX_LEG_FRAME, seal_header
 from forwarding.server.workers import LocalNats
 
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from ..integration.test_framed import Framed
 from .conftest import CLUSTER_SECRET, NatsServer
+from .faults import closed_fields
 
 
 def pair(x: ServerProcess, a: str, y: ServerProcess, b: str, **hs3: object) -> tuple[Client, Client]:
@@ -441,3 +443,30 @@ def test_the_workers_supervisor_stops_when_its_nats_server_dies() -> None:
     for pid in children.values():  # and no worker is left behind
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_an_oversized_frame_on_a_leg_cuts_the_leg_and_its_receivers_with_link_lost(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    """A node that breaks the leg format (a frame beyond MAX_LEG_FRAME): a gap, said as one."""
+    node = start_node(0)
+    host, port = node.wait_for_log(r'joined the cluster .*legs="([^"]+):(\d+)"').groups()
+    rx, _ = handshake(node, "bob", [])
+    header = seal_header(
+        Sealer.from_secret(CLUSTER_SECRET),
+        {"v": 1, "node": "elsewhere", "from": "x", "sid": "s", "recvers": ["bob"], "framed": False,
+         "mode": "frames", "ts": time.time()},
+    )  # fmt: skip
+    leg = socket.create_connection((host, int(port)), timeout=TIMEOUT)
+    leg.sendall(header + data_header(5) + b"hello")
+    assert rx.recv_exactly(5) == b"hello"
+    leg.sendall(data_header(MAX_LEG_FRAME + 1))
+    assert _closed(leg)
+    assert closed_fields(node, "bob")["reason"] == "link_lost"
+    rx.sock.settimeout(TIMEOUT)
+    with pytest.raises(ConnectionResetError):  # a gap: reset, never a FIN
+        while rx.sock.recv(1 << 16):
+            pass
+    node.wait_for_log(r"leg lost")
+    c, _ = handshake(node, "after")  # and the node goes on
+    c.close()
