@@ -93,17 +93,43 @@ class Workers(Relay):
 
     def __init__(self, n: int, *args: str) -> None:
         super().__init__("--workers", str(n), *args)
-        want = f":{self.port:04X} "
-        deadline = time.monotonic() + 60
-        while True:
-            with open("/proc/net/tcp") as f:
-                listening = sum(1 for row in f if row.split()[3] == "0A" and want in row)
-            if listening >= n:
-                break
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError(f"--workers {n} did not start")
-            time.sleep(0.02)
+        _wait_listeners(self.port, n, [self.proc])
         self.pids = _children(self.pid)
+
+
+class SharedNothing(Relay):
+    """``n`` plain relay processes on one port (``--reuse-port``) that know nothing of each other.
+
+    Not a relay (a pair split over two of them never meets): the most ``n``
+    processes can do on this machine, beside the load generator on the same cores.
+    """
+
+    def __init__(self, n: int) -> None:
+        super().__init__("--reuse-port")
+        cmd = [sys.executable, "-m", "forwarding", "serve", "--host", "127.0.0.1", "--port", str(self.port),
+               "--reuse-port", "--log-level", "error", *self.LOAD_FLAGS]  # fmt: skip
+        self.others = [subprocess.Popen(cmd) for _ in range(n - 1)]
+        _wait_listeners(self.port, n, [self.proc, *self.others])
+
+    def close(self) -> None:
+        for proc in self.others:
+            proc.terminate()
+            proc.wait(30)
+        super().close()
+
+
+def _wait_listeners(port: int, n: int, procs: list[subprocess.Popen[bytes]]) -> None:
+    """Until ``n`` sockets listen on ``port`` (one per process, SO_REUSEPORT)."""
+    want = f":{port:04X} "
+    deadline = time.monotonic() + 60
+    while True:
+        with open("/proc/net/tcp") as f:
+            listening = sum(1 for row in f if row.split()[3] == "0A" and want in row)
+        if listening >= n:
+            return
+        if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"{n} listeners on port {port} did not start")
+        time.sleep(0.02)  # process start-up: nothing to wait on but /proc
 
 
 def _children(pid: int) -> list[int]:
@@ -141,14 +167,23 @@ def pairs_mbps(address: tuple[str, int], pairs: int, size: int, procs: int = 4) 
 
 def scaling(seconds: float, pairs: int, size: int, runs: int) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {f"--workers {n}": {"hs": [], "pairs": []} for n in (1, 2)}
+    out[SHARED_NOTHING] = {"hs": [], "pairs": []}
     for i in range(runs):
-        order = [1, 2] if i % 2 == 0 else [2, 1]
+        order = [1, 2, 0] if i % 2 == 0 else [0, 2, 1]
         for n in order:
+            if n == 0:
+                with SharedNothing(2) as relay:
+                    rate = handshakes.measure_on(relay, Security(), seconds)["per_second"]
+                    out[SHARED_NOTHING]["hs"].append(rate or 0.0)
+                continue
             with Workers(n) as relay:
                 rate = handshakes.measure_on(relay, Security(), seconds)["per_second"]
                 out[f"--workers {n}"]["hs"].append(rate or 0.0)
                 out[f"--workers {n}"]["pairs"].append(pairs_mbps(relay.address, pairs, size))
     return out
+
+
+SHARED_NOTHING = "2 unclustered processes"
 
 
 def _idle_client(
@@ -218,8 +253,9 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
          fmt(mb_ratio), fmt(cpu_ratio)],
     ]  # fmt: skip
     scaled = scaling(hs_seconds, pairs, pair_size, max(1, runs - 1))
-    w1, w2 = scaled["--workers 1"], scaled["--workers 2"]
+    w1, w2, bound = scaled["--workers 1"], scaled["--workers 2"], scaled[SHARED_NOTHING]
     hs_ratio = median(b / a for a, b in zip(w1["hs"], w2["hs"], strict=True))
+    bound_ratio = median(b / a for a, b in zip(w1["hs"], bound["hs"], strict=True))
     pairs_ratio = median(b / a for a, b in zip(w1["pairs"], w2["pairs"], strict=True))
     idle_run = idle(idle_count)
     table = Table(
@@ -230,7 +266,9 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
             f"{size >> 20} MiB per stream, {runs} runs alternating (medians; ratios within each run). CPU: both "
             "nodes' processes. Targets (issue 13): >= 0.75x the MB/s at <= 2.2x the CPU.",
             f"Plain handshakes per second: --workers 1 {fmt(median(w1['hs']), 0)}, --workers 2 "
-            f"{fmt(median(w2['hs']), 0)}: {hs_ratio:.2f}x (target >= 1.6x). {pairs} pairs x "
+            f"{fmt(median(w2['hs']), 0)}: {hs_ratio:.2f}x (target >= 1.6x); two relay processes that share "
+            f"nothing (no cluster: a bound, not a relay) {fmt(median(bound['hs']), 0)}: {bound_ratio:.2f}x, the "
+            f"most two processes reach here beside the 8 connectors on the same 2 cores. {pairs} pairs x "
             f"{pair_size >> 10} KiB: {fmt(median(w1['pairs']), 0)} and {fmt(median(w2['pairs']), 0)} MB/s: "
             f"{pairs_ratio:.2f}x (target >= 1.4x). Each sender waits for its receiver (they may be on two workers).",
             f"Idle: {int(idle_run['sessions']):,} sessions on --workers 6 from 8 client processes over 127.0.x.1, "
@@ -243,6 +281,7 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
                 "across_mb": mb_ratio,
                 "across_cpu": cpu_ratio,
                 "workers_hs": hs_ratio,
+                "shared_nothing_hs": bound_ratio,
                 "workers_pairs": pairs_ratio,
                 "idle_kib": idle_run["kib_per_session"],
             }

@@ -228,6 +228,8 @@ def targets(tables: dict[str, Table]) -> Table | None:
             value = t.get(key)
             met = None if value is None or value != value else (value >= bound if at_least else value <= bound)
             check(what, f"{'>=' if at_least else '<='} {bound:g}", value, met)
+        if t.get("shared_nothing_hs") is not None:  # the peer that puts the handshake target in context
+            check("the same, two processes sharing nothing (this machine's bound)", "peer", t["shared_nothing_hs"], None)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})

@@ -145,6 +145,8 @@ class LegProxy(threading.Thread):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.forwarding = True
+        self.holding = False  # read, but keep what was read (``held`` counts it) until set back
+        self.held = 0
         self.connections = 0
         self._reset = threading.Event()
         self._done = threading.Event()
@@ -154,7 +156,12 @@ class LegProxy(threading.Thread):
         sel = selectors.DefaultSelector()
         sel.register(self.listener, selectors.EVENT_READ)
         peers: dict[socket.socket, socket.socket] = {}
+        kept: dict[socket.socket, bytearray] = {}  # destination -> bytes held for it
         while not self._closed:
+            if kept and not self.holding:
+                for dest, data in kept.items():
+                    dest.sendall(data)
+                kept.clear()
             if self._reset.is_set():
                 for s in list(peers):
                     sel.unregister(s)
@@ -178,6 +185,10 @@ class LegProxy(threading.Thread):
                     continue  # black hole: nothing read, nothing forwarded
                 try:
                     data = sock.recv(1 << 16)
+                    if data and (self.holding or peers[sock] in kept):  # in order: behind what is held
+                        kept.setdefault(peers[sock], bytearray()).extend(data)
+                        self.held += len(data)
+                        continue
                     if data:
                         peers[sock].sendall(data)
                         continue

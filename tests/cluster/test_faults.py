@@ -10,8 +10,10 @@ nodes lose nothing.
 from __future__ import annotations
 
 import contextlib
+import re
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable
 
@@ -301,3 +303,50 @@ def test_a_leg_that_cannot_connect_closes_its_sender_with_link_lost(
                 pass
         tx.close()
         rx.close()
+
+
+def test_bytes_in_flight_for_a_receiver_that_left_never_reach_the_new_owner_of_its_chid(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    """Bob reconnects under his chid while alice's bytes for the old bob are still on their way."""
+    n0 = start_node(0, *FAST)
+    n1, proxy = behind_a_proxy(start_node, 1)
+    old_bob, _ = handshake(n1, "bob", [])
+    carol, _ = handshake(n1, "carol", [])
+    alice, _ = handshake(n0, "alice", ["bob", "carol"], wait=True)  # two receivers: a frames leg
+    alice.sock.sendall(b"first")
+    assert old_bob.recv_exactly(5) == b"first" and carol.recv_exactly(5) == b"first"
+    proxy.holding = True  # what alice sends now waits on the way to n1
+    held = proxy.held
+    alice.sock.sendall(b"for the old bob")
+    deadline = time.monotonic() + TIMEOUT
+    while proxy.held < held + 15 + 8:  # its frame (an 8-byte header) is in the leg
+        assert time.monotonic() < deadline, "alice's bytes did not reach the leg"
+        time.sleep(0.01)
+    # Gone for good (a reset): a FIN would leave him half-closed and online while alice names him (5.1).
+    old_bob.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    old_bob.close()
+    closed_fields(n1, "bob")
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # the old bob's release is written a moment after his close
+        new_bob = Client(n1.address)
+        new_bob.send_json({"req": "hs1", "chid": "bob"})
+        if new_bob.read_line()["rsp"] == "hs2":
+            new_bob.send_json({"req": "hs3"})
+            if new_bob.read_line()["result"] == "OK":
+                break
+        new_bob.close()
+        assert time.monotonic() < deadline, "the chid bob was not free again"
+        time.sleep(0.05)
+    # n0 learns of the new bob and says so in the leg, behind the bytes for the old one.
+    named = re.compile(r'leg names leg="leg:alice>node1" chid="bob" sid="([^"]+)"')
+    n0.wait_for_count(named.pattern, 3)  # the old bob, nobody, the new bob
+    assert named.findall("\n".join(n0.lines))[-1] != "-"
+    alice.sock.sendall(b"for the new bob")
+    proxy.holding = False
+    assert carol.recv_exactly(30) == b"for the old bobfor the new bob"
+    assert new_bob.recv_exactly(15) == b"for the new bob"  # and nothing before it
+    alice.close()
+    carol.close()
+    new_bob.close()
+    proxy.close()

@@ -57,6 +57,7 @@ class FakeLeg(FakeSink):
         self.node, self.target = node, target
         self.done = False
         self.log: list[Any] = []
+        self.named: dict[str, str | None] = {}
 
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:
         self.log.append(("data", sender, bytes(data)))
@@ -72,6 +73,11 @@ class FakeLeg(FakeSink):
     def hang_up(self) -> None:
         self.log.append("hang_up")
         self.done = True
+
+    def name(self, chid: str, session: str | None) -> None:
+        if self.named.get(chid) != session:  # as LegOut: said when it changes
+            self.named[chid] = session
+            self.log.append(("name", chid, session))
 
 
 def make() -> tuple[ClusterRouter, FakeRegistry, list[FakeLeg]]:
@@ -179,7 +185,42 @@ def test_bytes_for_several_receivers_on_one_node_take_one_leg_once() -> None:
     remote(router, "r3", "c")
     assert router.route(tx, tx.recvers, b"hi") == 2  # "gone" is offline everywhere: counted
     assert sorted((leg.node, leg.target) for leg in legs) == [("b", None), ("c", None)]
-    assert all(leg.log == [("data", "tx", b"hi")] for leg in legs)
+    b, c = sorted(legs, key=lambda leg: leg.node)
+    # Each leg first names the sessions on its node that the bytes are for.
+    assert b.log == [("name", "r1", "s-r1"), ("name", "r2", "s-r2"), ("data", "tx", b"hi")]
+    assert c.log == [("name", "r3", "s-r3"), ("data", "tx", b"hi")]
+
+
+def test_a_frames_leg_names_a_receivers_new_session_in_its_stream() -> None:
+    router, _, legs = make()
+    tx = FakeSink("tx", ("r1", "r2"))
+    assert claim(router, tx) is None
+    remote(router, "r1", "b")
+    remote(router, "r2", "b")
+    router.route(tx, tx.recvers, b"one")
+    router.registry_changed("r1", None)  # r1 left ...
+    router.route(tx, tx.recvers, b"two")
+    remote(router, "r1", "b", session="s-r1-again")  # ... and came back: a new session
+    router.route(tx, tx.recvers, b"three")
+    (leg,) = legs
+    assert leg.log[2:] == [
+        ("data", "tx", b"one"),
+        ("name", "r1", None),
+        ("data", "tx", b"two"),
+        ("name", "r1", "s-r1-again"),
+        ("data", "tx", b"three"),
+    ]
+
+
+def test_bytes_named_for_a_session_that_left_do_not_reach_the_new_owner_of_its_chid() -> None:
+    router, _, _ = make()
+    again, other = FakeSink("r1"), FakeSink("r2")
+    assert claim(router, again) is None and claim(router, other) is None
+    leg = RemoteSink("tx", "b", "s-tx", ("r1", "r2"), framed=False)
+    sessions = {"r1": "the session that left", "r2": router.session_id(other) or ""}
+    dropped = router.route_local(leg, ("r1", "r2"), b"late", None, sessions)
+    assert again.events == [] and other.events == [("data", "tx", "late")]
+    assert dropped == 4  # meant for the session that left: counted
 
 
 def test_broadcast_takes_one_leg_per_node_with_sessions() -> None:

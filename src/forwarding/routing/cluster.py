@@ -109,6 +109,14 @@ class Leg(Sink, Protocol):
         """A frames leg: the sender's recvers change here in its stream."""
         ...
 
+    def name(self, chid: str, session: str | None) -> None:
+        """A frames leg: its bytes for ``chid`` from here on are for that session only (``None``: nobody).
+
+        In the stream, in order with the data, so that bytes meant for a
+        receiver that has left never reach a new owner of its chid.
+        """
+        ...
+
     def hang_up(self) -> None:
         """The sender left: close after what is queued."""
         ...
@@ -189,6 +197,7 @@ class ClusterRouter:
         self._remote: dict[str, RemoteSink] = {}  # other nodes' sessions, by session id
         self._node_sinks: dict[str, int] = {}  # remote node -> its sessions online (broadcast legs go there)
         self._legs: dict[Sink, dict[str, Leg]] = {}  # sender -> node -> its leg there
+        self._naming: dict[str, set[Leg]] = {}  # chid -> the frames legs whose sender names it
         self._tasks: set[asyncio.Task[None]] = set()
         self._recvers_due: dict[Sink, tuple[str, ...] | None] = {}  # recvers to write to the registry
         self._cut: dict[Sink, set[str]] = {}  # senders whose legs failed -> the nodes, written at release
@@ -260,6 +269,8 @@ class ClusterRouter:
 
     def release(self, sink: Sink) -> None:
         legs = self._legs.pop(sink, None)
+        if legs:
+            self._unindex(sink, legs.values())
         for leg in (legs or {}).values():
             leg.hang_up()
         self.local.release(sink)
@@ -355,6 +366,7 @@ class ClusterRouter:
             return False
         self._remote[sink.session] = sink
         self._node_sinks[sink.node] = self._node_sinks.get(sink.node, 0) + 1
+        self._renamed(sink.chid)
         return True
 
     def _drop_remote(self, sink: RemoteSink) -> None:
@@ -367,6 +379,7 @@ class ClusterRouter:
         else:
             del self._node_sinks[sink.node]
         self.local.release(sink)
+        self._renamed(sink.chid)
 
     # -- legs into this node ---------------------------------------------------
 
@@ -410,20 +423,36 @@ class ClusterRouter:
         return sink if owner is not None and owner.session == session else None
 
     def route_local(
-        self, leg: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview, fed: set[Sink] | None = None
+        self,
+        leg: Sink,
+        recvers: tuple[str, ...] | None,
+        data: bytes | memoryview,
+        fed: set[Sink] | None = None,
+        sessions: Mapping[str, str] | None = None,
     ) -> int:
-        """A leg's bytes to this node's own sessions among ``recvers`` (``None``: all of them).
+        """A leg's bytes to this node's own sessions among ``recvers`` (``None``: all of them); the bytes
+        dropped.
 
         ``fed`` collects the sessions reached: if the leg breaks, their streams have a gap.
+        ``sessions``, from a leg that names them: each chid's bytes are for that session only,
+        so that a new owner of a chid never gets bytes meant for one that has left.
         """
         origin = leg.chid
         targets = self._local_targets(recvers)
+        dropped = 0
+        if sessions is not None and recvers is not None:
+            owned = self._owned
+            mine = [s for s in targets if (o := owned.get(s)) is not None and sessions.get(s.chid) == o.session]
+            # Meant for a session that has left (the sending node did not know yet):
+            # counted here. Chids it did not name it counted as offline itself.
+            dropped = len(data) * (sum(1 for c in recvers if c in sessions) - len(mine))
+            targets = mine
         for sink in targets:
             if sink.deliver(data, origin):
                 leg.throttle(sink)
         if fed is not None:
             fed.update(targets)
-        return 0  # receivers offline everywhere were counted by the sending node
+        return dropped
 
     def _local_targets(self, recvers: tuple[str, ...] | None) -> list[Sink]:
         """This node's own sessions among ``recvers`` (``None``: all of them)."""
@@ -444,6 +473,8 @@ class ClusterRouter:
             if not raw or leg.target == (target.chid, target.session):  # type: ignore[union-attr]
                 return leg
             leg.hang_up()  # its receiver is another session now
+        if leg is not None:
+            self._unindex(sender, (leg,))  # replaced
         if raw and target is not None and target.left:
             return None  # it has left, the replica does not know yet: drop here (counted), no new leg
         info = self.registry.node(node)
@@ -452,7 +483,38 @@ class ClusterRouter:
             return None  # the node's lease lapsed: its sessions are on their way out
         wanted = (target.chid, target.session) if raw and target is not None else None
         leg = legs[node] = self._open_leg(sender, session, node, str(info["leg"]), wanted)
+        if wanted is None and sender.recvers is not None:
+            self._index(leg, sender.recvers, True)
         return leg
+
+    def _index(self, leg: Leg, chids: Iterable[str], on: bool) -> None:
+        """Keep ``leg`` among the frames legs naming ``chids`` (and name their sessions on it) or not."""
+        for chid in chids:
+            if on:
+                self._naming.setdefault(chid, set()).add(leg)
+                self._name_on(leg, chid)
+            else:
+                legs = self._naming.get(chid)
+                if legs is not None:
+                    legs.discard(leg)
+                    if not legs:
+                        del self._naming[chid]
+
+    def _name_on(self, leg: Leg, chid: str) -> None:
+        sink = self.local.local_sink(chid)
+        on_its_node = type(sink) is RemoteSink and sink.node == leg.node and not sink.gone
+        leg.name(chid, sink.session if on_its_node else None)  # type: ignore[union-attr]
+
+    def _renamed(self, chid: str) -> None:
+        """``chid`` changed owner in this node's view: the frames legs naming it say so in their streams."""
+        for leg in self._naming.get(chid, ()):
+            self._name_on(leg, chid)
+
+    def _unindex(self, sender: Sink, legs: Iterable[Leg]) -> None:
+        if sender.recvers is not None:
+            for leg in legs:
+                if leg.target is None:
+                    self._index(leg, sender.recvers, False)
 
     def receiver_left(self, chid: str, session: str) -> None:
         """A raw leg's receiving node ended it because that receiver went offline."""
@@ -468,6 +530,7 @@ class ClusterRouter:
             for node, mine in list(legs.items()):
                 if mine is leg:
                     del legs[node]
+        self._unindex(sender, (leg,))
         if sender in self._owned:
             self._cut.setdefault(sender, set()).add(leg.node)
         sender.link_lost(desc, dropped)
@@ -534,8 +597,12 @@ class ClusterRouter:
 
     def retarget(self, sink: Sink, recvers: tuple[str, ...] | None) -> None:
         self.local.retarget(sink, recvers)
-        for leg in self._legs.get(sink, {}).values():
+        legs = list(self._legs.get(sink, {}).values())
+        self._unindex(sink, legs)  # sink.recvers are still the old ones
+        for leg in legs:
             leg.retarget(recvers)  # in the stream, in order with the data
+            if recvers is not None and leg.target is None:
+                self._index(leg, recvers, True)
         if sink in self._owned:
             # And in the registry, for the nodes without a leg from it: they count
             # who still names their sessions (the half-close rule, 5.1).

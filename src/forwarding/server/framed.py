@@ -70,7 +70,7 @@ def run_frames(self: Session, frames: list[Frame]) -> None:
             if dropped:
                 self.dropped += dropped
             continue
-        command(self, frame.payload)
+        self._command(frame.payload)
         if self._write_paused and self.outcome is None:
             # Our own replies are piling up unread (a 29-byte command may be
             # answered with 1 MB): stop here, not at the end of the read, and

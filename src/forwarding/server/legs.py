@@ -34,8 +34,9 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any, cast
 
-from ..protocol.frames import FrameParser, control_frame, data_header
+from ..protocol.frames import FrameError, FrameParser, control_frame, data_header
 from ..protocol.linebuffer import LineBuffer, LineTooLong
+from ..protocol.messages import MAX_RECVERS
 from ..protocol.sealing import Sealer, SealError
 from ..routing.base import Router, Sink
 from ..routing.cluster import ClusterRouter, Leg, RemoteSink
@@ -49,6 +50,8 @@ log = logging.getLogger("forwarding.legs")
 
 STEP = "leg1"
 GOODBYE = b"G"
+NAME = "to"
+"""The frames-leg command that names the session a chid's bytes are for (docs/protocol.md, 15)."""
 MAX_HEADER = 64 * 1024
 MAX_LEG_FRAME = 16 << 20
 """A frames leg carries the sender's reads (at most 256 KiB) or its frames (at most its node's --max-frame)."""
@@ -103,7 +106,9 @@ class LegOut(Session):
     """One sender session's stream to one other node: a receiver, to this node's router."""
 
     LEG = True
-    __slots__ = ("_cluster", "_sender", "_node", "_target", "_framing", "_header", "_ended", "_hung_up", "_goodbye")
+    __slots__ = (
+        "_cluster", "_sender", "_node", "_target", "_framing", "_header", "_ended", "_hung_up", "_goodbye", "_named",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -124,6 +129,7 @@ class LegOut(Session):
         self._ended = False  # the sender finished: FIN sent (or due once connected)
         self._hung_up = False  # the sender left: closing
         self._goodbye = False  # the other node ended the leg on purpose
+        self._named: dict[str, str | None] = {}  # a frames leg: chid -> the session its bytes are for
         self._tls_pending = False
         self._spliceable = relay.leg_splice and target is not None
         self.chid = f"leg:{sender.chid}>{node}"
@@ -152,6 +158,17 @@ class LegOut(Session):
         if self._framing and not self.done:
             message = {"cmd": "recvers", "id": 0, "recvers": None if recvers is None else list(recvers)}
             self._write((control_frame(message),))
+
+    def name(self, chid: str, session: str | None) -> None:
+        if not self._framing or self.done or self._named.get(chid) == session:
+            return
+        if session is None:
+            self._named.pop(chid, None)
+        else:
+            self._named[chid] = session
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("leg names", extra={"fields": {"leg": self.chid, "chid": chid, "sid": session or "-"}})
+        self._write((control_frame({"cmd": NAME, "chid": chid, "sid": session}),))
 
     def end_stream(self) -> None:
         if self._ended or self.outcome is not None:
@@ -258,7 +275,7 @@ class _LegView:
     def route(self, sender: Sink, recvers: tuple[str, ...] | None, data: bytes | memoryview) -> int:
         target = self._leg.target
         if target is None:
-            return self._cluster.route_local(sender, recvers, data, self._leg.fed)
+            return self._cluster.route_local(sender, recvers, data, self._leg.fed, self._leg.sessions)
         if target.outcome is not None:  # left; the goodbye is on its way
             return len(data)
         if target.deliver(data, sender.chid):
@@ -314,7 +331,7 @@ class LegIn(Session):
     """A leg arriving from another node: one remote sender, delivering to this node's sessions."""
 
     LEG = True
-    __slots__ = ("_cluster", "remote", "fed", "_lines", "target", "_said_goodbye", "_node", "_finished")
+    __slots__ = ("_cluster", "remote", "fed", "_lines", "target", "_said_goodbye", "_node", "_finished", "sessions")
 
     def __init__(self, relay: Relay, cluster: ClusterRouter) -> None:
         super().__init__(relay)
@@ -324,6 +341,7 @@ class LegIn(Session):
         self.fed: set[Sink] | None = None  # frames legs: the sessions it delivered to (closed if it breaks)
         self._lines: LineBuffer | None = LineBuffer(MAX_HEADER)
         self.target: Session | None = None  # a raw leg's one receiver
+        self.sessions: dict[str, str] | None = None  # a frames leg that names sessions: chid -> the one it is for
         self._said_goodbye = False
         self._finished = False
         self._node = "?"
@@ -405,6 +423,8 @@ class LegIn(Session):
         else:
             self.recvers = sender_recvers
             self.fed = set()
+            if fields.get("named"):  # its node names receivers by session (older nodes do not)
+                self.sessions = {}
             self._frames = FrameParser(MAX_LEG_FRAME)
             self._establish(hs4=b"")
 
@@ -437,6 +457,26 @@ class LegIn(Session):
 
     def _send_control(self, message: dict[str, object]) -> None:
         pass  # replies to the leg's commands: the sending node does not read them
+
+    def _command(self, payload: bytes | memoryview) -> None:
+        sessions = self.sessions
+        if sessions is not None and bytes(payload[:12]) == b'{"cmd":"to",':  # the node's compact JSON
+            try:
+                msg = json.loads(bytes(payload))
+                chid, sid = msg["chid"], msg["sid"]
+                if not isinstance(chid, str) or not (sid is None or isinstance(sid, str)):
+                    raise TypeError("chid and sid must be strings")
+            except (ValueError, KeyError, TypeError) as exc:
+                self._frame_error(FrameError(f"bad {NAME} command on a leg: {exc}"))
+                return
+            if sid is None:
+                sessions.pop(chid, None)
+            elif chid in sessions or len(sessions) < MAX_RECVERS:  # no more than its sender may name
+                sessions[chid] = sid
+            else:
+                self._frame_error(FrameError(f"more than {MAX_RECVERS} chids named on a leg"))
+            return
+        super()._command(payload)
 
     def eof_received(self) -> bool:
         if self.established and self._frames is not None and self._frames.buffered:
@@ -510,6 +550,8 @@ def opener(relay: Relay) -> Any:
         }
         if target is not None:
             fields["to"] = list(target)
+        else:
+            fields["named"] = True  # its NAME commands say which session each chid's bytes are for
         assert relay.leg_sealer is not None
         leg = LegOut(relay, cluster, sender, node, seal_header(relay.leg_sealer, fields), target)
         host, _, port = address.rpartition(":")

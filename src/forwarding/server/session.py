@@ -707,6 +707,9 @@ class Session(asyncio.Protocol, Expiring):
     def _send_control(self, message: dict[str, object]) -> None:
         self._write((control_frame(message),))
 
+    def _command(self, payload: bytes | memoryview) -> None:
+        framed.command(self, payload)  # a method, so that a leg can add its own
+
     def _frame_error(self, exc: FrameError) -> None:
         self.close(Outcome.FRAME_ERROR, exc.desc, reason_code=exc.code)
 
