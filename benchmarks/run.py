@@ -229,7 +229,8 @@ def targets(tables: dict[str, Table]) -> Table | None:
             met = None if value is None or value != value else (value >= bound if at_least else value <= bound)
             check(what, f"{'>=' if at_least else '<='} {bound:g}", value, met)
         if t.get("shared_nothing_hs") is not None:  # the peer that puts the handshake target in context
-            check("the same, two processes sharing nothing (this machine's bound)", "peer", t["shared_nothing_hs"], None)
+            bound_ratio = t["shared_nothing_hs"]
+            check("the same, two processes sharing nothing (this machine's bound)", "peer", bound_ratio, None)
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
