@@ -209,6 +209,19 @@ def test_losing_the_nats_quorum_refuses_handshakes_then_fences_the_nodes(
     rx.join(TIMEOUT)
     assert rx.intact
     assert claim_result(n0, "newcomer") == "unavailable"
+    # The quorum comes back: each node takes a new lease, as a new run, and serves again.
+    for server in nats_cluster[1:]:
+        server.start()  # type: ignore[attr-defined]
+    for node in (n0, n1):
+        node.wait_for_log(r"rejoined the cluster", 4 + 2 * TIMEOUT)
+    deadline = time.monotonic() + TIMEOUT
+    while claim_result(n0, "alice") != "OK":  # the old run's chids are free again too
+        assert time.monotonic() < deadline, "alice's chid was not free after the rejoin"
+        time.sleep(0.1)
+    tx, rx = streaming_pair(n0, "carol", n1, "dave")
+    tx.finish()
+    rx.join(TIMEOUT)
+    assert rx.ended == "eof" and rx.intact and rx.received == tx.sent
 
 
 def test_a_node_restarted_with_the_same_id_does_not_bring_back_its_old_chids(

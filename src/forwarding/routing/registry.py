@@ -3,7 +3,7 @@
 The only module that talks to NATS (../shared/design/cluster.md, 7.2). The router
 that uses it is routing/cluster.py.
 
-* Bucket ``chids``: ``c.<base64url(chid)>`` -> ``{"node", "session", "epoch", "recvers", "framed"}``. A claim
+* Bucket ``chids``: ``c.<base64url(chid)>`` -> ``{"node", "session", "epoch", "recvers", "framed", "cut"}``. A claim
   is a create-if-absent (of two nodes racing, exactly one wins); a release is
   a delete on the claim's revision, so a node never deletes a newer owner's
   claim.
@@ -14,7 +14,9 @@ that uses it is routing/cluster.py.
 * **Fencing**: a node whose lease it has not renewed for ``lease_ttl - margin``
   calls its ``on_fenced`` callback (the relay closes its sessions) and is
   unavailable, because from then on another node may legitimately take its
-  chids. While unavailable, :meth:`claim` raises :class:`Unavailable`.
+  chids. While unavailable, :meth:`claim` raises :class:`Unavailable`. Once
+  the registry answers again it takes a new lease as a new epoch (a new run)
+  and serves again.
 * Every node keeps a replica of both buckets by watching them (snapshot, then
   every change): :meth:`owner` and :meth:`on_change` answer from it, some
   milliseconds behind the cluster.
@@ -516,7 +518,9 @@ class NatsRegistry:
 
     async def _keep_lease(self) -> None:
         try:
-            await self._keep_lease_loop()
+            while True:
+                await self._keep_lease_loop()
+                await self._rejoin()
         except asyncio.CancelledError:
             raise
         except BaseException:
@@ -541,6 +545,29 @@ class NatsRegistry:
                                                                    "seconds": round(late, 1)}})  # fmt: skip
                 if late >= cfg.lease_ttl - cfg.fence_margin or _lost_race(exc):
                     self._fence()
+
+    async def _rejoin(self) -> None:
+        """Fenced: take a new lease, as a new run of this node id, once the registry answers again.
+
+        The old run's sessions are closed and its chids are the old epoch's: the
+        other nodes sweep them when its lease lapses, and a claim here takes over
+        any they have not (see :meth:`claim`). Until then, claims are refused.
+        """
+        cfg = self.config
+        while self._fenced:
+            await asyncio.sleep(cfg.renew_every)
+            if self._nc is None or not self._nc.is_connected:
+                continue
+            epoch, self.epoch = self.epoch, new_session_id()
+            try:
+                async with asyncio.timeout(cfg.renew_every):
+                    await self._take_lease()
+            except (Unavailable, TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                self.epoch = epoch  # not joined: the next try is a new epoch again
+                log.debug("rejoin not yet", extra={"fields": {"error": str(exc) or type(exc).__name__}})
+                continue
+            self._fenced = False
+            log.warning("rejoined the cluster", extra={"fields": {"node": cfg.node, "epoch": self.epoch}})
 
     def _fence(self) -> None:
         if self._fenced:
