@@ -25,7 +25,7 @@ from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake
 from ..integration.test_framed import Framed
 from .conftest import free_port
 from .faults import EndWatcher, LegProxy, Receiver, Streamer, closed_fields, kernel_buffer_bound
-from .test_nodes import pair
+from .test_nodes import online_everywhere, pair
 
 FAST = ("--slow-receiver-timeout", "2", "--lease-ttl", "4")
 DETECT = 8 + 2 + 1 + 3
@@ -363,3 +363,32 @@ def test_bytes_in_flight_for_a_receiver_that_left_never_reach_the_new_owner_of_i
     carol.close()
     new_bob.close()
     proxy.close()
+
+
+def test_a_node_whose_nats_server_dies_moves_to_another_and_goes_on(
+    start_node: Callable[..., ServerProcess], nats_cluster: list[object]
+) -> None:
+    """Given every NATS URL, as operations.md says: streams, claims and presence survive one server."""
+    urls = [server.url for server in nats_cluster]  # type: ignore[attr-defined]
+    n0 = start_node(0, "--cluster", ",".join(urls))  # its own server first
+    n1 = start_node(1, "--cluster", ",".join(urls[1:] + urls[:1]))
+    tx, rx = streaming_pair(n0, "alice", n1, "bob")
+    watcher = online_everywhere(n0, ["bob"], "watcher")
+    nats_cluster[0].kill()  # type: ignore[attr-defined]
+    rx.wait_for_growth()  # the data path does not touch NATS
+    deadline = time.monotonic() + 2 * TIMEOUT  # JetStream moves the buckets' leaders (some seconds)
+    while (result := claim_result(n1, "late")) != "OK":
+        assert result in ("unavailable", "chid_in_use"), result
+        assert time.monotonic() < deadline, "claims did not come back after one NATS server died"
+        time.sleep(0.2)
+    late, _ = handshake(n1, "late2")  # n0, now on another server, sees sessions of n1 come online
+    deadline = time.monotonic() + TIMEOUT
+    while "late2" not in watcher.command("online")["online"]:  # type: ignore[operator]
+        assert time.monotonic() < deadline, "n0 did not see a new session on n1"
+        time.sleep(0.05)
+    assert claim_result(n0, "on-n0") == "OK"
+    tx.finish()
+    rx.join(TIMEOUT)
+    assert rx.ended == "eof" and rx.intact and rx.received == tx.sent
+    late.close()
+    watcher.c.close()
