@@ -166,7 +166,9 @@ def test_wait_is_satisfied_by_a_chid_that_comes_online_on_another_node(nodes: li
     a.send_json({"req": "hs1", "chid": "early"})
     assert a.read_line()["rsp"] == "hs2"
     a.send_json({"req": "hs3", "recvers": ["late"], "wait": True})
-    b, _ = handshake(nodes[2], "late", ["early"])
+    # b waits too: its node may see early's claim a few milliseconds after b's own
+    # handshake is done, and bytes for a receiver it thinks offline are dropped.
+    b, _ = handshake(nodes[2], "late", ["early"], wait=True)
     hs4 = a.read_line()
     assert hs4["result"] == "OK" and hs4["online"] == ["late"], hs4
     b.sock.sendall(b"ping")

@@ -40,6 +40,7 @@ from ..protocol.messages import MAX_RECVERS
 from ..protocol.sealing import Sealer, SealError
 from ..routing.base import Router, Sink
 from ..routing.cluster import ClusterRouter, Leg, RemoteSink
+from . import handshaking
 from .outcome import Outcome
 from .session import Session
 
@@ -218,7 +219,7 @@ class LegOut(Session):
             return
         transport.write(self._header)
         self._header = b""
-        self._establish(hs4=b"")
+        handshaking.establish(self, hs4=b"")
         if self._ended:
             self._shut_down_output(transport)
         if self._hung_up:
@@ -413,7 +414,7 @@ class LegIn(Session):
             to_chid, to_session = (str(x) for x in fields["to"])
             self.recvers = (to_chid,)
             target = self._cluster.target_session(to_chid, to_session)
-            self._establish(hs4=b"")
+            handshaking.establish(self, hs4=b"")
             if target is None:
                 self._goodbye("its receiver is not online here")
                 return
@@ -426,7 +427,7 @@ class LegIn(Session):
             if fields.get("named"):  # its node names receivers by session (older nodes do not)
                 self.sessions = {}
             self._frames = FrameParser(MAX_LEG_FRAME)
-            self._establish(hs4=b"")
+            handshaking.establish(self, hs4=b"")
 
     @property
     def node(self) -> str:

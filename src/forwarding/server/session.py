@@ -2,7 +2,8 @@
 the handshake core and the router.
 
 It decides nothing about the protocol: the handshake rules live in
-:mod:`forwarding.protocol.handshake`. Once established, ``data_received`` is the
+:mod:`forwarding.protocol.handshake`, the steps that run them in
+:mod:`.handshaking`, framed mode in :mod:`.framed`. Once established, ``data_received`` is the
 forwarding hot path: count, stamp, route. Flow control is per receiver: when a
 receiver's transport passes its high-water mark, every sender that delivers to
 it stops being read until it drains (docs/protocol.md, "Flow control").
@@ -30,10 +31,10 @@ from ..protocol.frames import (
     eof_event,
     presence_frame,
 )
-from ..protocol.handshake import Failed, Hs1Received, Hs3Received, ServerHandshake, State
+from ..protocol.handshake import Hs3Received, ServerHandshake
 from ..protocol.messages import encode, hs4_fail, quote
 from ..routing.base import Router, Sink
-from . import framed, metering, visits
+from . import framed, handshaking, metering, visits
 from .deadlines import Expiring
 from .outcome import Outcome
 from .quotas import Meter
@@ -265,7 +266,7 @@ class Session(asyncio.Protocol, Expiring):
             self.close(Outcome.UNAVAILABLE, "the cluster registry is unavailable")
         else:
             self._registered = True
-            self._establish(hs4=b"")
+            handshaking.establish(self, hs4=b"")
             assert self._transport is not None
             if not self._blockers:
                 self._transport.resume_reading()
@@ -281,11 +282,11 @@ class Session(asyncio.Protocol, Expiring):
             self.discarded += len(data)  # after the close began: read only to be discarded
             return
         self._hs.receive_data(data)
-        self._drive_handshake()
+        handshaking.drive(self)
         held = self._waiting or self._visit or self._claiming
         if held and self._hs is not None and self._hs.buffered > self._config.limits.max_line:
             assert self._transport is not None
-            self._transport.pause_reading()  # resumed at hs4 (_finish_handshake)
+            self._transport.pause_reading()  # resumed at hs4 (handshaking.finish)
 
     def _forward(self, data: bytes) -> None:
         if self._frames is not None:
@@ -488,219 +489,20 @@ class Session(asyncio.Protocol, Expiring):
             if not self._rate_held:
                 self._transport.resume_reading()
 
-    # -- handshake -----------------------------------------------------------
+    # -- handshake (the steps are in server/handshaking.py) -------------------
 
-    def _drive_handshake(self) -> None:
-        hs = self._hs
-        assert hs is not None
-        while self.outcome is None:
-            event = hs.next_event()
-            if isinstance(event, Hs1Received):
-                self._on_hs1(event)
-            elif isinstance(event, Hs3Received):
-                self._on_hs3(event)
-            elif isinstance(event, Failed):
-                self._refuse(Outcome.HANDSHAKE_FAILED, event.desc, event.code)
-            else:
-                break
-        self._flush_handshake()
-
-    def _on_hs1(self, event: Hs1Received) -> None:
-        assert self._hs is not None
-        if event.chid is None:
-            chid = generate_chid()
-        elif self._router.is_online(event.chid):
-            self.chid = event.chid  # for the log line; never registered
-            if self._router.has_finished(event.chid):
-                # Its owner has sent FIN and is on its way out (5.1): a client that
-                # closes and comes straight back must not lose the race to itself.
-                # Wait for it to go offline, within the handshake timeout.
-                self._awaiting_chid = True
-                assert self._transport is not None
-                self._transport.pause_reading()
-                self._router.when_offline(event.chid, self._chid_freed)
-                return
-            self._refuse(Outcome.CHID_IN_USE, _in_use(event.chid), "chid_in_use")
-            return
-        else:
-            chid = event.chid
-        self.chid = chid
-        self._hs.accept_chid(chid)
+    def _claimed(self, refusal: str | None) -> None:
+        handshaking.claimed(self, refusal)  # a method: the router calls it back
 
     def _chid_freed(self) -> None:
         # Deferred: we are inside the old owner's release().
-        self._loop.call_soon(self._take_freed_chid)
-
-    def _take_freed_chid(self) -> None:
-        if not self._awaiting_chid or self.outcome is not None:
-            return
-        self._awaiting_chid = False
-        assert self._hs is not None and self._transport is not None
-        if self._router.is_online(self.chid):  # someone else was quicker
-            self._refuse(Outcome.CHID_IN_USE, _in_use(self.chid), "chid_in_use")
-            return
-        self._hs.accept_chid(self.chid)
-        if not self._blockers:
-            self._transport.resume_reading()
-        self._drive_handshake()  # a pipelined hs3 may be buffered
-
-    def _on_hs3(self, event: Hs3Received) -> None:
-        self.recvers = event.recvers
-        self.idle_timeout = event.timeout
-        if event.framed:
-            self._frames = FrameParser(self._config.limits.max_frame)
-        spent = self._relay.quotas.refusal(self.chid, self._ip)
-        if spent is not None:
-            self._refuse(Outcome.REFUSED, spent, "quota_exceeded")
-            return
-        if event.accept is not None:
-            visits.accept(self, event.accept)
-            return
-        service = self._relay.visits.names_service(self.recvers)
-        if service is not None and not self._can_visit(service):
-            return
-        self._service = event.service
-        self._claiming = event
-        self._router.claim(self, self._claimed)
-
-    def _claimed(self, refusal: str | None) -> None:
-        """The router's answer to hs3's claim: at once on one node, a registry round trip later in a cluster."""
-        event, self._claiming = self._claiming, None
-        if event is None or self.outcome is not None:  # closed meanwhile: give the chid back
-            if refusal is None:
-                self._router.release(self)
-            return
-        if refusal is not None:
-            self._refuse_claim(refusal)
-            return
-        self._registered = True
-        service = self._relay.visits.names_service(self.recvers)
-        if self._service:
-            self._relay.visits.service_online(self)
-        if service is not None:
-            visits.begin(self, service)  # hangup: with the session that answers, not the service
-            return
-        if event.hangup and self.recvers:
-            self._router.hang_up_with(self, self.recvers)
-        if event.wait and self.recvers and len(self._router.online(self.recvers)) < len(self.recvers):
-            # Reading goes on while we wait, so that a client that gives up is
-            # seen (its FIN closes the session and frees its chid); what it
-            # sends meanwhile is data, held up to one line's worth, then TCP
-            # pushes back.
-            self._waiting = True
-            self._router.watch(self.recvers, self._on_peer_online)
-            return
-        self._finish_handshake()
-
-    def _refuse_claim(self, code: str) -> None:
-        if code == "unavailable":
-            desc = "the cluster registry is unreachable; retry"
-            self._refuse(Outcome.UNAVAILABLE, desc, code)
-        else:
-            desc = f"chid {quote(self.chid)} came online during the handshake"
-            self._refuse(Outcome.CHID_IN_USE, desc, "chid_in_use")
+        self._loop.call_soon(handshaking.take_freed_chid, self)
 
     def _on_peer_online(self, chid: str) -> None:
         assert self.recvers is not None
         if chid in self.recvers and len(self._router.online(self.recvers)) == len(self.recvers):
             # Defer: we are inside another session's claim().
-            self._loop.call_soon(self._finish_waiting)
-
-    def _finish_waiting(self) -> None:
-        if self._waiting and self.outcome is None:
-            service = self._relay.visits.names_service(self.recvers)
-            if service is None:
-                self._finish_handshake()
-            elif self._can_visit(service):  # what we waited for came online as a service
-                self._waiting = False
-                self._router.unwatch(self.recvers or (), self._on_peer_online)
-                visits.begin(self, service)
-
-    def _can_visit(self, service: str) -> bool:
-        """A visit names the service alone (docs/protocol.md, 13); refuse anything else."""
-        assert self.recvers is not None
-        if len(self.recvers) == 1:
-            return True
-        desc = f'"recvers" names the service {quote(service)} with other chids: a visit names the service alone'
-        self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
-        return False
-
-    def _visit_failed(self, desc: str) -> None:
-        """The service refused the visit, or left before answering."""
-        if self._visit is not None and self.outcome is None:
-            self._visit = None
-            self._refuse(Outcome.VISIT_REFUSED, desc, "refused")
-
-    def _finish_handshake(self, peer: str | None = None) -> None:
-        hs = self._hs
-        assert hs is not None and self._transport is not None
-        online = self._router.online(self.recvers) if self.recvers is not None else None
-        trailing = hs.establish(online, peer)
-        if peer is not None and not self._blockers:
-            self._transport.resume_reading()  # paused if the visitor sent much before the answer
-        if self._waiting:
-            self._waiting = False
-            self._router.unwatch(self.recvers or (), self._on_peer_online)
-            if not self._blockers:
-                self._transport.resume_reading()
-        self._establish(hs.data_to_send())
-        self._hs = None
-        if self._spliceable and self.recvers is not None and len(self.recvers) == 1 and self._frames is None:
-            self._splice_after = self._config.splice_after
-        if trailing:
-            self.data_received(trailing)
-
-    def _refuse(self, outcome: Outcome, desc: str, code: str) -> None:
-        """Send FAIL (queued by the core unless it failed the handshake itself) and close."""
-        assert self._hs is not None
-        if self._hs.state is not State.FAILED:
-            self._hs.fail(desc, code)
-        self.outcome = outcome
-        self.desc = desc
-        self._flush_handshake()
-        self._close()
-
-    def _flush_handshake(self) -> None:
-        if self._hs is not None and self._transport is not None:
-            out = self._hs.data_to_send()
-            if out:
-                self._transport.write(out)
-
-    def _establish(self, hs4: bytes) -> None:
-        """Write hs4 and whatever was delivered while waiting, then go live."""
-        transport = self._transport
-        assert transport is not None
-        pending, self._pending = self._pending, None
-        self._write_paused = False
-        self.established = True
-        self._raw_live = self._frames is None and not self._out_done and self._peer is None
-        if hs4:
-            transport.write(hs4)
-        if self._layer is not None:
-            self._layer.handshake_over()  # from now on data, not reply lines (docs/protocol.md, 14)
-        if pending:
-            transport.writelines(pending)  # one write: frames stay whole for a WebSocket end
-        if self._out_done:  # its last sender finished before hs4 was out
-            self._shut_down_output(transport)
-        self.last_active = self._loop.time()
-        self._arm_idle_timer()
-        if self.LEG:
-            if not self._write_paused:
-                self._release_waiters()
-            return
-        self._meter = self._relay.quotas.meter(self.chid, self._ip, self.last_active)
-        if log.isEnabledFor(logging.INFO):  # the fields cost more than the check
-            fields = {
-                "chid": self.chid,
-                "peer": self.peer,
-                "recvers": _recvers_text(self.recvers),
-                "mode": "framed" if self._frames is not None else "raw",
-            }
-            if self._layer is not None:
-                fields["transport"] = "websocket"
-            log.info("session open", extra={"fields": fields})
-        if not self._write_paused:
-            self._release_waiters()
+            self._loop.call_soon(handshaking.finish_waiting, self)
 
     # -- framed mode (docs/protocol.md, section 12; the rules are in server/framed.py) --
 
@@ -789,22 +591,22 @@ class Session(asyncio.Protocol, Expiring):
         if hs.deadline is not None and now < hs.deadline:  # pragma: no cover - early by clock resolution
             self._arm_handshake_timer()
         elif self._awaiting_chid:
-            self._refuse(Outcome.CHID_IN_USE, _in_use(self.chid), "chid_in_use")
+            handshaking.refuse(self, Outcome.CHID_IN_USE, handshaking.in_use(self.chid), "chid_in_use")
         elif self._visit is not None:
             assert self.recvers is not None
             limit = self._config.limits.handshake_timeout
             desc = f"service {quote(self.recvers[0])} did not answer within {limit:g} s"
-            self._refuse(Outcome.HANDSHAKE_TIMEOUT, desc, "handshake_timeout")
+            handshaking.refuse(self, Outcome.HANDSHAKE_TIMEOUT, desc, "handshake_timeout")
         elif self._waiting:
             assert self.recvers is not None
             missing = [c for c in self.recvers if not self._router.is_online(c)]
             limit = self._config.limits.handshake_timeout
             desc = f"recvers not online after {limit:g} s: {', '.join(missing)}"
-            self._refuse(Outcome.WAIT_TIMEOUT, desc, "wait_timeout")
+            handshaking.refuse(self, Outcome.WAIT_TIMEOUT, desc, "wait_timeout")
         else:
             event = hs.handle_timeout(now)
             assert event is not None
-            self._refuse(Outcome.HANDSHAKE_TIMEOUT, event.desc, event.code)
+            handshaking.refuse(self, Outcome.HANDSHAKE_TIMEOUT, event.desc, event.code)
 
     def _arm_idle_timer(self) -> None:
         # Replaces the handshake's deadline if that is still pending.
@@ -850,7 +652,7 @@ class Session(asyncio.Protocol, Expiring):
         a handshaking one given a ``reason_code`` gets FAIL with that code.
         """
         if self.outcome is None and self._hs is not None and reason_code and not abort:
-            self._refuse(outcome, desc or outcome.value, reason_code)
+            handshaking.refuse(self, outcome, desc or outcome.value, reason_code)
             return
         if self.outcome is None:
             self.outcome = outcome
@@ -952,11 +754,3 @@ class Session(asyncio.Protocol, Expiring):
         blockers, self._blockers = self._blockers, None
         for receiver in blockers or ():
             receiver.discard_waiter(self)
-
-
-def _in_use(chid: str) -> str:
-    return f"chid {quote(chid)} is online; pick another or omit it"
-
-
-def _recvers_text(recvers: tuple[str, ...] | None) -> str:
-    return "*" if recvers is None else ",".join(recvers)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, cast
 from ..protocol.chid import generate_chid
 from ..protocol.frames import reply_error, reply_ok, visit_event
 from ..protocol.messages import quote
+from . import handshaking
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -117,7 +118,7 @@ def begin(self: Session, service_chid: str) -> None:
     visit = visits.open(self, service)
     if visit is None:
         desc = f"service {quote(service_chid)} has {visits.limit} visitors waiting for an answer; try again later"
-        self._refuse(Outcome.REFUSED, desc, "refused")
+        handshaking.refuse(self, Outcome.REFUSED, desc, "refused")
         return
     self._visit = visit
     service._send_control(visit_event(self.chid, visit.ticket))
@@ -128,7 +129,7 @@ def accept(self: Session, ticket: str) -> None:
     visit = self._relay.visits.take(ticket)
     if visit is None or visit.visitor.outcome is not None:
         desc = f"no visit is waiting with ticket {quote(ticket)}: the visitor left, timed out or was answered"
-        self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
+        handshaking.refuse(self, Outcome.HANDSHAKE_FAILED, desc, "bad_request")
         return
     self.recvers = (visit.visitor.chid,)
     self._router.claim(self, lambda refusal: _accepted(self, visit, refusal))
@@ -143,11 +144,11 @@ def _accepted(self: Session, visit: Visit, refusal: str | None) -> None:
         if visitor.outcome is None:
             self._relay.visits.put_back(visit)  # the visit waits for another answer
         if self.outcome is None and refusal is not None:
-            self._refuse_claim(refusal)
+            handshaking.refuse_claim(self, refusal)
         return
     if visitor.outcome is not None:
         desc = f"no visit is waiting with ticket {quote(visit.ticket)}: the visitor left"
-        self._refuse(Outcome.HANDSHAKE_FAILED, desc, "bad_request")
+        handshaking.refuse(self, Outcome.HANDSHAKE_FAILED, desc, "bad_request")
         return
     self._registered = True
     visitor._visit = None
@@ -159,8 +160,8 @@ def _accepted(self: Session, visit: Visit, refusal: str | None) -> None:
     router.hang_up_with(visitor, (self.chid,))
     router.hang_up_with(self, (visitor.chid,))
     self._peer, visitor._peer = visitor.chid, self.chid
-    self._finish_handshake(peer=visitor.chid)
-    visitor._finish_handshake(peer=self.chid)
+    handshaking.finish(self, peer=visitor.chid)
+    handshaking.finish(visitor, peer=self.chid)
 
 
 def refuse(self: Session, ident: int, ticket: str, desc: str | None) -> None:
@@ -173,11 +174,11 @@ def refuse(self: Session, ident: int, ticket: str, desc: str | None) -> None:
     visits.take(ticket)
     self._send_control(reply_ok(ident))
     reason = f": {desc}" if desc else ""
-    visit.visitor._visit_failed(f"service {quote(self.chid)} refused the visit{reason}")
+    handshaking.visit_failed(visit.visitor, f"service {quote(self.chid)} refused the visit{reason}")
 
 
 def service_left(self: Session) -> None:
     """The service went offline: every visit it had not answered fails (later: we are in release())."""
     for visit in self._relay.visits.service_gone(self):
         desc = f"service {quote(self.chid)} went offline before answering"
-        self._loop.call_soon(visit.visitor._visit_failed, desc)
+        self._loop.call_soon(handshaking.visit_failed, visit.visitor, desc)
