@@ -39,6 +39,9 @@ class ServerProcess:
             cmd, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=full_env, start_new_session=True
         )
         self.lines: list[str] = []
+        # A supervisor or a cluster node (given a longer start) stops in its own
+        # bounds too: its workers' grace, leaving the cluster, its nats-server.
+        self.stop_timeout = max(TIMEOUT, timeout * 1.5)
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -102,7 +105,8 @@ class ServerProcess:
         assert "Traceback" not in log, log
         assert code in codes, log
 
-    def stop(self, timeout: float = TIMEOUT) -> int:
+    def stop(self, timeout: float | None = None) -> int:
+        timeout = timeout or self.stop_timeout
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
         try:

@@ -321,6 +321,8 @@ class ClusterRouter:
                 current.gone = True
                 if not current.legs_in:
                     self._drop_remote(current)
+                else:
+                    self._renamed(chid)  # it stays a sender here a while, but takes nothing more
             return
         if owner.node == self.node:
             if self._abandoned.pop(owner.session, None) is not None:

@@ -63,10 +63,10 @@ LEG_IDLE = 10 * 365 * 86400.0
 KEEPALIVE = (5, 1, 3)
 """TCP keepalive on legs: idle seconds, interval, probes. A dead node's idle legs are found in about 8 s."""
 USER_TIMEOUT_MS = 10_000
+"""TCP_USER_TIMEOUT: a leg whose sent bytes go unacknowledged this long is broken (a black-holed node)."""
 CONNECT_TIMEOUT = 5.0
 """Seconds a leg may take to connect. The sender is paused meanwhile (one read queued), so a node whose
 leg port drops SYNs must not hold it for the kernel's two minutes of retries."""
-"""TCP_USER_TIMEOUT: a leg whose sent bytes go unacknowledged this long is broken (a black-holed node)."""
 
 
 def _tune(sock: socket.socket | None) -> None:
