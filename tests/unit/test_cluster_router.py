@@ -75,7 +75,7 @@ class FakeLeg(FakeSink):
         self.done = True
 
     def name(self, chid: str, session: str | None) -> None:
-        if self.named.get(chid) != session:  # as LegOut: said when it changes
+        if not self.done and self.named.get(chid) != session:  # as LegOut: said when it changes
             self.named[chid] = session
             self.log.append(("name", chid, session))
 
@@ -353,3 +353,19 @@ def test_a_stream_cut_to_this_node_closes_its_receivers_here_with_link_lost() ->
     for sink in (bob, carol, erin):
         assert [e[0] for e in sink.events] == ["link_lost"] and "has a gap" in sink.events[0][1]
     assert dave.events == []
+
+
+def test_a_frames_leg_forgets_the_names_of_chids_its_sender_no_longer_names() -> None:
+    """What the receiving node holds per leg stays bounded by the sender's recvers."""
+    router, _, legs = make()
+    tx = FakeSink("tx", ("r1", "r2"), framed=True)
+    assert claim(router, tx) is None
+    for chid in ("r1", "r2", "r3"):
+        remote(router, chid, "b")
+    router.route(tx, tx.recvers, b"x")
+    (leg,) = legs
+    router.retarget(tx, ("r2", "r3"))
+    tx.recvers = ("r2", "r3")
+    assert leg.log[3:] == [("recvers", ("r2", "r3")), ("name", "r1", None), ("name", "r3", "s-r3")]
+    router.release(tx)
+    assert leg.log[-1] == "hang_up"  # and no names after it

@@ -269,10 +269,10 @@ class ClusterRouter:
 
     def release(self, sink: Sink) -> None:
         legs = self._legs.pop(sink, None)
-        if legs:
-            self._unindex(sink, legs.values())
         for leg in (legs or {}).values():
             leg.hang_up()
+        if legs:
+            self._unindex(sink, legs.values())  # after the hang-up: no names written into a leg that ends
         self.local.release(sink)
         owner = self._owned.pop(sink, None)
         if owner is None:
@@ -501,6 +501,9 @@ class ClusterRouter:
                     legs.discard(leg)
                     if not legs:
                         del self._naming[chid]
+                # Said in the stream too: the receiving node then holds a name only
+                # for each chid the sender names now (at most MAX_RECVERS).
+                leg.name(chid, None)
 
     def _name_on(self, leg: Leg, chid: str) -> None:
         sink = self.local.local_sink(chid)
@@ -599,12 +602,13 @@ class ClusterRouter:
 
     def retarget(self, sink: Sink, recvers: tuple[str, ...] | None) -> None:
         self.local.retarget(sink, recvers)
-        legs = list(self._legs.get(sink, {}).values())
-        self._unindex(sink, legs)  # sink.recvers are still the old ones
-        for leg in legs:
+        old = set(sink.recvers or ())  # still the old ones
+        new = set(recvers or ())
+        for leg in list(self._legs.get(sink, {}).values()):
             leg.retarget(recvers)  # in the stream, in order with the data
-            if recvers is not None and leg.target is None:
-                self._index(leg, recvers, True)
+            if leg.target is None:  # then the names of what changed
+                self._index(leg, [c for c in old if c not in new], False)
+                self._index(leg, [c for c in (recvers or ()) if c not in old], True)
         if sink in self._owned:
             # And in the registry, for the nodes without a leg from it: they count
             # who still names their sessions (the half-close rule, 5.1).
