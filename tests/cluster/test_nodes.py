@@ -472,3 +472,18 @@ def test_an_oversized_frame_on_a_leg_cuts_the_leg_and_its_receivers_with_link_lo
     node.wait_for_log(r"leg lost")
     c, _ = handshake(node, "after")  # and the node goes on
     c.close()
+
+
+def test_ctrl_c_stops_the_workers_before_their_nats_server() -> None:
+    """A terminal's Ctrl-C signals the whole foreground group: the workers must still leave through NATS."""
+    server = ServerProcess("--workers", "2", "--log-level", "debug", timeout=TIMEOUT * 2)
+    server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
+    os.killpg(server.proc.pid, signal.SIGINT)  # the test started it as a group of its own
+    assert server.proc.wait(TIMEOUT * 2) == 0
+    server.stop_cleanly()
+    lines = server.lines
+    stopped = [i for i, line in enumerate(lines) if "INFO stopped connections=" in line]
+    trapped = [i for i, line in enumerate(lines) if 'nats-server line="Trapped' in line]
+    assert len(stopped) == 2 and len(trapped) == 1, "\n".join(lines)
+    assert max(stopped) < trapped[0], "\n".join(lines)  # nats-server went last
+    assert not [line for line in lines if "nats error=" in line], "\n".join(lines)

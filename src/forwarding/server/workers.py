@@ -74,8 +74,15 @@ class LocalNats:
         self.port = _free_port("127.0.0.1")
         self.url = f"nats://127.0.0.1:{self.port}"
         cmd = [binary, "-a", "127.0.0.1", "-p", str(self.port), "-js", "-sd", self._store.name]
+        # A process group of its own: Ctrl-C in a terminal signals the whole foreground
+        # group, and nats-server must outlive the workers, which leave through it.
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            process_group=0,
         )
         # Its log is read for as long as it runs: a pipe nobody empties would fill up
         # over days of warnings and stop nats-server, and the whole registry with it.
