@@ -370,14 +370,8 @@ def test_the_workers_supervisor_restarts_a_worker_that_dies() -> None:
     server = ServerProcess("--workers", "2", "--lease-ttl", "4", timeout=TIMEOUT * 2)
     try:
         server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
-        children = subprocess.run(
-            ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(server.proc.pid)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.splitlines()
-        victim = next(line for line in children if "--node-id" in line and line.rstrip().endswith("-0"))
-        os.kill(int(victim.split()[0]), 9)
+        victim = next(pid for node, pid in _worker_pids(server).items() if node.endswith("-0"))
+        os.kill(victim, 9)
         node = server.wait_for_log(r'a worker died node="([^"]+)"').group(1)
         assert node.endswith("-0")
         # Back under its own id once its dead run's lease has lapsed.
