@@ -81,6 +81,26 @@ class Hs3Received:
 
 
 @dataclass(frozen=True, slots=True)
+class Suspended:
+    """A handshake between hs3 and its answer, as data, for another process of the relay to take on.
+
+    ``serve --workers`` hands a connection to the worker that holds its one
+    receiver (server/handoff.py); that worker resumes the handshake with
+    :meth:`ServerHandshake.resume` and answers hs3 as if it had read it.
+    """
+
+    chid: str
+    challenge: str | None
+    opened: bool
+    """The client's lines are sealed, and so must the replies be (section 9)."""
+    event: Hs3Received
+    rest: bytes
+    """The bytes after hs3: the first data."""
+    age: float
+    """Seconds since the connection was accepted: the handshake's deadline goes on from there."""
+
+
+@dataclass(frozen=True, slots=True)
 class Failed:
     """The handshake failed; a FAIL reply is queued and the connection must close."""
 
@@ -128,6 +148,31 @@ class ServerHandshake:
         # Two lines of at most max_line, and room for blank lines around them.
         self._lines = LineBuffer(limits.max_line, 4 * limits.max_line)
         self._out: list[bytes] = []
+        self._resumed: Hs3Received | None = None
+        self.resumed = False
+        """Taken on from another process at hs3: it is never handed on again."""
+
+    @classmethod
+    def resume(cls, limits: HandshakeLimits, now: float, sealer: Sealer | None, s: Suspended) -> ServerHandshake:
+        """A handshake :meth:`suspend`-ed elsewhere; its first event is the hs3 it was suspended at."""
+        if (sealer is None) != (s.challenge is None) or (s.opened and sealer is None):
+            raise ValueError("suspended with another secret setting")  # a reload raced the hand-off
+        hs = cls(limits, now - s.age, sealer, s.challenge)
+        hs._opened = s.opened
+        hs.chid = s.chid
+        hs.state = State.ROUTING
+        hs.idle_timeout = s.event.timeout
+        hs.framed = s.event.framed
+        hs._lines.feed(s.rest)
+        hs._resumed = s.event
+        hs.resumed = True
+        return hs
+
+    def suspend(self, event: Hs3Received, now: float, opened_at: float) -> Suspended:
+        """This handshake at ``event`` (just handed out, not answered) as data; it stays as it is here."""
+        self._expect(State.ROUTING)
+        assert self.chid is not None
+        return Suspended(self.chid, self.challenge, self._opened, event, self._lines.peek(), now - opened_at)
 
     # -- input -------------------------------------------------------------
 
@@ -135,6 +180,9 @@ class ServerHandshake:
         self._lines.feed(data)
 
     def next_event(self) -> Event | _Sentinel:
+        if self._resumed is not None:
+            event, self._resumed = self._resumed, None
+            return event
         transitions = TRANSITIONS.get(self.state)
         if transitions is None:
             return PAUSED

@@ -91,5 +91,9 @@ class LineBuffer:
         self._scanned = 0
         return rest
 
+    def peek(self) -> bytes:
+        """A copy of everything buffered, left in place."""
+        return bytes(self._buf)
+
     def __len__(self) -> int:
         return len(self._buf)
