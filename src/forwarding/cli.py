@@ -343,6 +343,13 @@ def _add_cluster_flags(p: argparse.ArgumentParser) -> None:
         "--cluster they share a nats-server of their own",
     )
     p.add_argument(
+        "--no-handoff",
+        dest="handoff",
+        action="store_false",
+        help="with --workers: never hand a connection to the worker that holds its one receiver "
+        "(its pair then crosses workers on a leg)",
+    )
+    p.add_argument(
         "--reuse-port",
         action="store_true",
         help="bind the client port with SO_REUSEPORT, to share it with other relay processes",
@@ -481,6 +488,7 @@ def _serve_config(args: argparse.Namespace) -> ServerConfig:
         cluster=_cluster_settings(args),
         reuse_port=args.reuse_port,
         workers=args.workers,
+        handoff=args.handoff,
     )
 
 

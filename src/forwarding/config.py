@@ -152,3 +152,5 @@ class ServerConfig:
     """Bind the client listeners with ``SO_REUSEPORT``: several processes share one port (``--workers``)."""
     workers: int = 1
     """Processes on one port, acting as a cluster of that many nodes (``serve --workers``)."""
+    handoff: bool = True
+    """``--workers``: hand a connection to the worker that holds its one receiver (server/handoff.py)."""

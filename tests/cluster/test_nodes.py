@@ -269,7 +269,8 @@ def test_metrics_and_admin_say_which_node_and_count_legs(
 
 
 def test_workers_on_one_port_join_a_pair_across_workers_with_a_spliced_leg() -> None:
-    server = ServerProcess("--workers", "3", "--log-level", "debug", timeout=TIMEOUT * 2)
+    # Without hand-offs, which would move the sender to its receiver's worker (tests/cluster/test_handoff.py).
+    server = ServerProcess("--workers", "3", "--no-handoff", "--log-level", "debug", timeout=TIMEOUT * 2)
     try:
         server.wait_for_log(r"workers ready workers=3", TIMEOUT * 2)
 

@@ -576,6 +576,13 @@ class ClusterRouter:
                 sender.throttle(sink)
         return dropped
 
+    def remote_node(self, chid: str) -> str | None:
+        """The node whose session holds ``chid``, if it is another node's and online by the replica."""
+        sink = self.local.local_sink(chid)
+        if type(sink) is RemoteSink and sink.confirmed and not sink.gone and not sink.left:
+            return sink.node
+        return None
+
     def splice_target(self, sender: Sink, chid: str) -> Sink | None:
         sink = self.local.local_sink(chid)
         if type(sink) is not RemoteSink:

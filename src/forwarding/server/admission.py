@@ -76,6 +76,23 @@ class Admission:
         self.open += 1
         return None
 
+    def adopt(self, ip: str) -> str | None:
+        """Count a connection another worker admitted and handed over (server/handoff.py).
+
+        Its rate and its address's share were counted there; only this process's
+        cap applies here, the one that keeps it within its descriptors.
+        """
+        lim = self.limits
+        if self.open >= lim.max_connections:
+            return f"server is at its limit of {lim.max_connections} connections"
+        ip = source_key(ip)
+        bucket = self._by_ip.get(ip)
+        if bucket is None:
+            bucket = self._by_ip[ip] = _Bucket(float(lim.handshake_burst), 0.0)
+        bucket.open += 1
+        self.open += 1
+        return None
+
     def release(self, ip: str) -> None:
         """An admitted connection from ``ip`` closed."""
         self.open -= 1

@@ -96,8 +96,47 @@ def on_hs3(self: Session, event: Hs3Received) -> None:
     if service is not None and not can_visit(self, service):
         return
     self._service = event.service
+    if self._relay.handoff is not None and hand_off(self, event):
+        return
     self._claiming = event
     self._router.claim(self, self._claimed)
+
+
+def hand_off(self: Session, event: Hs3Received) -> bool:
+    """Send this connection to the worker that holds its one receiver (server/handoff.py); ``True`` if sent.
+
+    Before the claim: the session is born there, and nothing of it stays here.
+    """
+    hs, transport, cluster, handoff = self._hs, self._transport, self._relay.cluster, self._relay.handoff
+    assert hs is not None and transport is not None and handoff is not None
+    flush(self)  # hs2, if hs3 came in the same read: the client must have it from us
+    if (
+        cluster is None
+        or hs.resumed  # moved once already: never again, so no two sessions chase each other
+        or self._layer is not None  # WebSocket framing lives in this process
+        or self._relay.ssl_context is not None  # so does TLS state
+        or event.service
+        or self.recvers is None
+        or len(self.recvers) != 1
+        or transport.get_write_buffer_size()  # hs2 still queued here (a client not reading) would be lost
+    ):
+        return False
+    node = cluster.remote_node(self.recvers[0])
+    if node is None or not handoff.has(node):
+        return False
+    raw = transport.get_extra_info("socket")
+    if raw is None:
+        return False
+    # From here to the abort nothing else runs: what the client sends next stays in
+    # the socket, for the sibling to read.
+    if not handoff.send(node, raw.fileno(), hs.suspend(event, self._loop.time(), self.opened_at)):
+        return False
+    # Closing our descriptor sends nothing (no FIN, no reset): the sibling holds the connection now.
+    self.outcome = Outcome.HANDED_OFF
+    self.desc = f"to node {node}"
+    self._hs = None
+    transport.abort()
+    return True
 
 
 def claimed(self: Session, refusal: str | None) -> None:

@@ -151,6 +151,23 @@ class RelayCollector(Collector):
             "forwarding_registry_claim_seconds", "Time the registry took to answer hs3's claims.",
             count_value=cluster.claims, sum_value=cluster.claim_seconds,
         )  # fmt: skip
+        handoff = self._relay.handoff
+        if handoff is not None:
+            moved = CounterMetricFamily(
+                "forwarding_handoffs", "Connections handed at hs3 to the worker of their receiver, by direction.",
+                labels=["direction"],
+            )  # fmt: skip
+            moved.add_metric(["out"], handoff.sent)
+            moved.add_metric(["in"], handoff.adopted)
+            yield moved
+            failed = CounterMetricFamily(
+                "forwarding_handoff_failures",
+                "Hand-offs not made (the connection stayed: a leg carries its pair) or not taken, by reason.",
+                labels=["reason"],
+            )
+            for reason, n in sorted(handoff.failures.items()):
+                failed.add_metric([reason], n)
+            yield failed
 
 
 async def start(relay: Relay, host: str, port: int) -> asyncio.AbstractServer:

@@ -46,5 +46,8 @@ class Outcome(enum.Enum):
     """An operator closed the session (``forwarding admin close``)."""
     DRAINED = "drained"
     """The server was draining (SIGUSR2, ``admin drain``) and the session outlived the grace period."""
+    HANDED_OFF = "handed_off"
+    """``serve --workers``: at hs3 the connection went to the worker that holds its receiver, which serves it
+    from then on (server/handoff.py). Not an end for the client."""
     SHUTDOWN = "shutdown"
     """The server was stopping."""

@@ -21,7 +21,7 @@ from ..config import Mode, ServerConfig
 from ..protocol.sealing import Sealer
 from ..routing.base import Router
 from ..routing.local import LocalRouter
-from . import admin, malloc, splice
+from . import admin, handoff, malloc, splice, workers
 from .admission import Admission
 from .deadlines import Deadlines
 from .notify import notify
@@ -98,6 +98,7 @@ class Relay:
         self.legs: set[Session] = set()  # node-to-node legs, both ways (server/legs.py)
         self.leg_sealer = Sealer.from_secret(config.cluster.secret) if config.cluster is not None else None
         self._node: Node | None = None
+        self.handoff: handoff.HandOff | None = None  # serve --workers: connections to the receiver's worker
         self.visits = Visits(config.max_waiting_visits)  # services and their unanswered visits
         self.broadcast_mode = config.mode is Mode.BROADCAST
         self.sessions: set[Session] = set()
@@ -130,6 +131,10 @@ class Relay:
 
             self._node = Node(self, self.config.cluster)
             await self._node.join()  # before any client: claims need the registry
+            directory = os.environ.get(workers.HANDOFF_DIR)
+            if directory and self.config.handoff:  # a worker of serve --workers
+                self.handoff = handoff.HandOff(self, directory, self._node.id)
+                self.handoff.start()
 
         def protocol() -> asyncio.Protocol:
             # Read at each accept: a reload may change the certificate.
@@ -212,6 +217,8 @@ class Relay:
         self.draining = True
         for server in self._listeners:
             server.close()  # admin socket and metrics stay up: the operator watches the drain
+        if self.handoff is not None:
+            await self.handoff.stop()  # no more connections from the siblings either
         log.info("draining", extra={"fields": {"sessions": len(self.sessions), "grace": grace}})
         for session in list(self.sessions):
             session.draining(grace)
@@ -224,6 +231,8 @@ class Relay:
         """Stop accepting, close every session cleanly, cut what has not drained in time."""
         for server in self._servers:
             server.close()
+        if self.handoff is not None:
+            await self.handoff.stop()  # what the siblings sent is taken first, and closed below with the rest
         sessions = list(self.sessions)
         for i in range(0, len(sessions), CLOSE_BATCH):
             for session in sessions[i : i + CLOSE_BATCH]:
@@ -293,15 +302,21 @@ class Relay:
 
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
-        self.recent_closes.add(session)
         stats = self.stats
+        if session.outcome is Outcome.HANDED_OFF:  # it goes on in another worker, which logs it
+            stats.outcomes[Outcome.HANDED_OFF] = stats.outcomes.get(Outcome.HANDED_OFF, 0) + 1
+            log.debug("handed off", extra={"fields": {"chid": session.chid, "peer": session.peer, "to": session.desc}})
+            if not self.sessions:
+                self._idle.set()
+            return
+        self.recent_closes.add(session)
         stats.bytes_in += session.bytes_in
         stats.bytes_out += session.bytes_out
         stats.bytes_dropped += session.dropped
         stats.bytes_discarded += session.discarded
         assert session.outcome is not None
         stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
-        loggable = session.outcome not in UNESTABLISHED or self._may_log_refusal()
+        loggable = session.outcome not in UNESTABLISHED or self.may_log_refusal()
         if loggable and log.isEnabledFor(logging.INFO):  # the fields cost more than the check
             fields: dict[str, object] = {
                 "chid": session.chid,
@@ -319,7 +334,7 @@ class Relay:
         if not self.sessions:
             self._idle.set()
 
-    def _may_log_refusal(self) -> bool:
+    def may_log_refusal(self) -> bool:
         second = int(self.loop.time())
         if second != self._refusal_window:
             self._refusal_window = second

@@ -208,9 +208,16 @@ class Session(asyncio.Protocol, Expiring):
             else:
                 self.peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._ip = peer[0] if peer else "?"
-        refusal = self._relay.admission.admit(self._ip, self.opened_at)
+        if self._hs is not None:  # handed over at hs3 (server/handoff.py): its worker admitted it
+            refusal = self._relay.admission.adopt(self._ip)
+        else:
+            refusal = self._relay.admission.admit(self._ip, self.opened_at)
         self._admitted = refusal is None
         self._relay.session_opened(self)
+        if refusal is not None and self._hs is not None:
+            self.desc = refusal.replace(self._ip, self.peer) if self._config.blur_addresses else refusal
+            handshaking.refuse(self, Outcome.REFUSED, self.desc, "refused")  # sealed, if its lines are
+            return
         if refusal is not None:
             self.outcome = Outcome.REFUSED
             # The client is told its own address; the log is blurred like the rest.
@@ -224,6 +231,14 @@ class Session(asyncio.Protocol, Expiring):
             self._timer = self._loop.call_at(self.opened_at + self._config.limits.handshake_timeout, self._tls_timeout)
             return
         self._begin()
+
+    def adopt(self, hs: ServerHandshake, age: float) -> None:
+        """Before the connection is made: a handshake another worker suspended at hs3, ``age`` seconds old."""
+        self._hs = hs
+        assert hs.chid is not None
+        self.chid = hs.chid
+        self.opened_at -= age
+        self.last_active = self._loop.time()
 
     def tls_established(self) -> None:
         self._tls_pending = False
@@ -251,6 +266,9 @@ class Session(asyncio.Protocol, Expiring):
             if not self._registered and self.outcome is None:  # a cluster's registry answers later
                 assert self._transport is not None
                 self._transport.pause_reading()  # no handshake to hold what arrives meanwhile
+        elif self._hs is not None:  # resumed at hs3: its first event is that hs3
+            self._arm_handshake_timer()
+            handshaking.drive(self)
         else:
             self._hs = ServerHandshake(self._config.limits, self.opened_at, self._relay.sealer)
             self._arm_handshake_timer()

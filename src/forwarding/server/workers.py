@@ -42,6 +42,8 @@ log = logging.getLogger("forwarding.workers")
 READY_FD = "FORWARDING_READY_FD"
 """A worker writes one byte to this descriptor once its listeners are up."""
 LOG_TAG = "FORWARDING_LOG_NODE"
+HANDOFF_DIR = "FORWARDING_HANDOFF_DIR"
+"""The private directory (0700) of the workers' hand-off sockets (server/handoff.py)."""
 START_TIMEOUT = 60.0
 """Seconds a worker may take to join and listen (it may wait out the lease of its previous run)."""
 RESTARTS = 5
@@ -179,6 +181,10 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
         nats = LocalNats()
         env["FORWARDING_CLUSTER_SECRET"] = new_secret()  # in the environment, not on a command line
         cluster_args = ["--cluster", nats.url, "--cluster-memory"]
+    handoff_dir = None
+    if config.handoff:
+        handoff_dir = tempfile.mkdtemp(prefix="forwarding-handoff-")  # mode 0700: only our user sends to it
+        env[HANDOFF_DIR] = handoff_dir
     # Port 0: pick one for all of them (each worker would pick its own otherwise).
     port = config.port or _free_port(config.hosts[0])
     base = config.cluster.node if config.cluster is not None and config.cluster.node else default_node_id()
@@ -202,7 +208,7 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
             status = 1
         else:
             servers = nats.url if nats is not None else ",".join(config.cluster.servers if config.cluster else ())
-            fields = {"workers": n, "port": port, "nats": servers}
+            fields = {"workers": n, "port": port, "nats": servers, "handoff": handoff_dir or "off"}
             log.info("workers ready", extra={"fields": fields})
             notify(f"READY=1\nMAINPID={os.getpid()}\nSTATUS={n} workers")
             status = _watch(workers, env, wake_r, nats)
@@ -215,6 +221,8 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
         os.close(wake_w)
         if nats is not None:
             nats.stop()
+        if handoff_dir is not None:
+            shutil.rmtree(handoff_dir, ignore_errors=True)
     codes = [w.proc.returncode for w in workers if w.proc is not None]
     return status or (0 if all(c == 0 for c in codes) else 1)
 

@@ -1,0 +1,247 @@
+"""``serve --workers``: a connection handed at hs3 to the worker that holds its one receiver (server/handoff.py).
+
+Real workers, a real nats-server, real sockets. The kernel places each
+connection (SO_REUSEPORT), so a test opens enough pairs that some cross
+workers (12 pairs on two workers: all on one side with probability 2^-11),
+and waits until both workers' replicas know every receiver before the
+senders come, so that each sender can be handed over.
+"""
+
+from __future__ import annotations
+
+import array
+import hashlib
+import json
+import os
+import re
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from forwarding import sync
+from forwarding.sync import SyncChannel
+
+from ..integration.conftest import TIMEOUT, Client, ServerProcess, scrape_metrics
+from .test_nodes import _worker_pids
+
+PAIRS = 12
+BLOB = 1 << 20  # past --splice-after: each pair is spliced, in one worker or onto a leg
+
+
+def workers(*args: str) -> ServerProcess:
+    server = ServerProcess("--workers", "2", "--log-level", "debug", "--metrics", "127.0.0.1:0", *args,
+                           timeout=TIMEOUT * 2)  # fmt: skip
+    server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
+    return server
+
+
+def metrics_ports(server: ServerProcess) -> list[int]:
+    """Each worker's, the latest run's (a restarted worker has a new one)."""
+    server.wait_for_count(r"INFO metrics address=", 2)
+    found = re.findall(r'INFO metrics address="127\.0\.0\.1:(\d+)" node="([^"]+)"', "\n".join(server.lines))
+    return list({node: int(port) for port, node in found}.values())
+
+
+def replicas_know(server: ServerProcess, sessions: int) -> None:
+    """Wait until each of the two workers knows every session of the other: a hand-off needs it."""
+    ports = metrics_ports(server)
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        remote = sum(scrape_metrics(p)["forwarding_cluster_remote_sessions"] for p in ports)
+        if remote == sessions:
+            return
+        assert time.monotonic() < deadline, f"the replicas know {remote} of {sessions} sessions"
+        time.sleep(0.02)  # polled: a replica's watch says nothing outward
+
+
+def handoff_sockets(server: ServerProcess) -> dict[str, str]:
+    server.wait_for_count(r"hand-off socket path=", 2)
+    found = re.findall(r'hand-off socket path="([^"]+)" node="([^"]+)"', "\n".join(server.lines))
+    return {node: path for path, node in found}
+
+
+def node_of(server: ServerProcess, chid: str) -> str:
+    return server.wait_for_log(rf'session open chid="{chid}".* node="([^"]+)"').group(1)
+
+
+def open_pairs(server: ServerProcess, secret: str | None, tag: str = "") -> list[tuple[SyncChannel, SyncChannel]]:
+    """``rx`` first (everywhere known), then ``tx``, each naming the other; ``tx`` sends data with its hs3."""
+    rxs = [sync.connect(server.address, chid=f"rx{tag}{i}", recvers=[f"tx{tag}{i}"], secret=secret)
+           for i in range(PAIRS)]  # fmt: skip
+    replicas_know(server, len(rxs))
+    txs = [sync.connect(server.address, chid=f"tx{tag}{i}", recvers=[f"rx{tag}{i}"], secret=secret)
+           for i in range(PAIRS)]  # fmt: skip
+    return list(zip(txs, rxs, strict=True))
+
+
+def move(pairs: list[tuple[SyncChannel, SyncChannel]]) -> None:
+    """1 MiB each way through every pair, then FIN both ways: each end gets the other's bytes, whole."""
+    blobs = {id(ch): os.urandom(BLOB) for pair in pairs for ch in pair}
+    got: dict[int, bytes] = {}
+
+    def send(ch: SyncChannel) -> None:
+        ch.send(blobs[id(ch)])
+        ch.send_eof()
+
+    def receive(ch: SyncChannel) -> None:
+        ch.sock.settimeout(TIMEOUT)
+        got[id(ch)] = b"".join(ch)  # to the end of its stream
+
+    threads = [threading.Thread(target=f, args=(ch,)) for pair in pairs for ch in pair for f in (send, receive)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT * 3)
+    for tx, rx in pairs:
+        assert hashlib.sha256(got[id(rx)]).digest() == hashlib.sha256(blobs[id(tx)]).digest()
+        assert hashlib.sha256(got[id(tx)]).digest() == hashlib.sha256(blobs[id(rx)]).digest()
+        tx.close()
+        rx.close()
+
+
+@pytest.mark.parametrize("secret", [None, "a secret for the sealed handshake"], ids=["plain", "sealed"])
+def test_a_sender_whose_receiver_is_on_the_other_worker_is_handed_there_and_spliced_locally(
+    secret: str | None,
+) -> None:
+    server = workers(*(["--secret", secret] if secret else []))
+    try:
+        pairs = open_pairs(server, secret)
+        for i in range(PAIRS):
+            assert node_of(server, f"tx{i}") == node_of(server, f"rx{i}"), f"pair {i} split over two workers"
+        handed = [line for line in server.lines if "DEBUG handed off" in line]
+        assert handed, "12 pairs, and no sender accepted by the other worker?"
+        move(pairs)
+        for i in range(PAIRS):  # both directions of each pair spliced in its one worker: no leg
+            server.wait_for_log(rf'splicing chid="tx{i}" recver="rx{i}"')
+            server.wait_for_log(rf'splicing chid="rx{i}" recver="tx{i}"')
+        assert not [line for line in server.lines if 'recver="leg:' in line]
+        totals = [scrape_metrics(p) for p in metrics_ports(server)]
+        sent = sum(m['forwarding_handoffs_total{direction="out"}'] for m in totals)
+        taken = sum(m['forwarding_handoffs_total{direction="in"}'] for m in totals)
+        assert sent == taken == len(handed)
+        assert sum(m['forwarding_sessions_closed_total{reason="handed_off"}'] for m in totals) == len(handed)
+    finally:
+        server.stop_cleanly()
+
+
+def test_data_sent_with_hs3_travels_with_the_connection() -> None:
+    server = workers()
+    try:
+        rxs = []
+        for i in range(PAIRS):
+            rx = Client(server.address)
+            rx.send_json({"req": "hs1", "chid": f"rx{i}"}, json.dumps({"req": "hs3"}).encode() + b"\n")
+            assert rx.read_line()["rsp"] == "hs2" and rx.read_line()["result"] == "OK"
+            rxs.append(rx)
+        replicas_know(server, PAIRS)
+        for i, rx in enumerate(rxs):
+            tx = Client(server.address)
+            hs3 = json.dumps({"req": "hs3", "recvers": [f"rx{i}"]}).encode() + b"\n"
+            tx.send_json({"req": "hs1", "chid": f"tx{i}"}, hs3 + b"early bytes %d|" % i)  # one write
+            assert tx.read_line()["rsp"] == "hs2"
+            assert tx.read_line()["result"] == "OK"
+            tx.sock.sendall(b"and the rest")
+            tx.sock.shutdown(socket.SHUT_WR)
+            assert rx.recv_until_eof() == b"early bytes %d|and the rest" % i
+            tx.close()
+            rx.close()
+        assert any("DEBUG handed off" in line for line in server.lines)
+    finally:
+        server.stop_cleanly()
+
+
+def test_without_its_siblings_sockets_a_worker_keeps_the_sender_and_a_leg_joins_the_pair() -> None:
+    server = workers()
+    try:
+        for path in handoff_sockets(server).values():
+            os.unlink(path)  # as if the other worker were draining: nothing can be handed to it
+        pairs = open_pairs(server, None)
+        split = [i for i in range(PAIRS) if node_of(server, f"tx{i}") != node_of(server, f"rx{i}")]
+        assert split, "12 pairs, all within one worker"
+        move(pairs)
+        for i in split:
+            server.wait_for_log(rf'splicing chid="tx{i}" recver="leg:tx{i}>')
+        assert not [line for line in server.lines if "DEBUG handed off" in line]
+    finally:
+        server.stop_cleanly()
+
+
+def test_no_handoff_keeps_every_connection_where_the_kernel_put_it() -> None:
+    server = workers("--no-handoff")
+    try:
+        assert re.search(r'workers ready .*handoff="off"', "\n".join(server.lines))
+        pairs = open_pairs(server, None)
+        assert any(node_of(server, f"tx{i}") != node_of(server, f"rx{i}") for i in range(PAIRS))
+        move(pairs)
+        assert not [line for line in server.lines if "hand-off socket" in line or "handed off" in line]
+    finally:
+        server.stop_cleanly()
+
+
+def test_a_hand_off_socket_fed_garbage_says_so_resets_what_it_was_given_and_serves_on() -> None:
+    server = workers()
+    try:
+        path = next(iter(handoff_sockets(server).values()))
+        listener = socket.create_server(("127.0.0.1", 0))
+        victims = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+        given = [listener.accept()[0] for _ in victims]
+        r, w = os.pipe()
+
+        def fd(n: int) -> list[tuple[int, int, array.array[int]]]:
+            return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [n]))]
+
+        with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as s:
+            s.connect(path)
+            s.sendmsg([b"no descriptor at all\n"])
+            s.sendmsg([b"a pipe\n"], fd(r))
+            s.sendmsg([json.dumps({"v": 1, "chid": "x"}).encode() + b"\n"], fd(given[0].fileno()))  # fields missing
+            s.sendmsg([b"not json\n"], fd(given[1].fileno()))
+        for sock in given:
+            sock.close()
+        os.close(r)
+        # The TCP connections it was handed are reset, not ended as if whole, nor left open.
+        for victim in victims:
+            victim.settimeout(TIMEOUT)
+            with pytest.raises(ConnectionResetError):
+                victim.recv(1)
+            victim.close()
+        server.wait_for_log(r'hand-off failed reason="truncated"')
+        server.wait_for_log(r'hand-off failed reason="descriptor"')
+        server.wait_for_count(r'hand-off failed reason="invalid"', 2)
+        with pytest.raises(BrokenPipeError):  # the pipe's end it was sent was closed, not kept
+            os.write(w, b"x")
+        os.close(w)
+        listener.close()
+        move(open_pairs(server, None))
+    finally:
+        server.stop_cleanly()
+
+
+def test_after_a_worker_restarts_its_sibling_hands_to_the_new_run() -> None:
+    server = workers("--lease-ttl", "4")
+    try:
+        # Pairs until each worker has handed to the other: both hold a connection to their sibling.
+        for round_ in range(8):
+            move(open_pairs(server, None, tag=f"a{round_}-"))
+            senders = set(re.findall(r'DEBUG handed off .* node="([^"]+)"', "\n".join(server.lines)))
+            if len(senders) == 2:
+                break
+        else:
+            raise AssertionError("in 8 rounds of 12 pairs, one worker never handed off")
+        victim_node, victim = next((n, pid) for n, pid in _worker_pids(server).items() if n.endswith("-1"))
+        os.kill(victim, signal.SIGKILL)
+        server.wait_for_count(rf'joined the cluster node="{victim_node}"', 2, timeout=TIMEOUT + 4)
+        server.wait_for_count(rf'hand-off socket path=.* node="{victim_node}"', 2)
+        mark = len(server.lines)
+        for round_ in range(8):  # its sibling's connection to the dead run is broken: it connects anew
+            move(open_pairs(server, None, tag=f"b{round_}-"))
+            if any(f'to="to node {victim_node}"' in line for line in server.lines[mark:]):
+                break
+        else:
+            raise AssertionError("in 8 rounds of 12 pairs, nothing was handed to the restarted worker")
+        server.wait_for_log(rf'hand-off connection broken: connecting anew to="{victim_node}"')
+    finally:
+        server.stop_cleanly()

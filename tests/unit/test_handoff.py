@@ -1,0 +1,123 @@
+"""A handshake suspended at hs3 in one process and resumed in another (serve --workers, server/handoff.py)."""
+
+import json
+
+import pytest
+
+from forwarding.protocol.client import ClientHandshake
+from forwarding.protocol.handshake import PAUSED, HandshakeLimits, Hs3Received, ServerHandshake, State, Suspended
+from forwarding.protocol.sealing import Sealer
+from forwarding.server.handoff import decode, encode, secret_tag, socket_path
+
+LIMITS = HandshakeLimits(handshake_timeout=10.0, max_line=1024, default_idle_timeout=60.0, max_idle_timeout=600.0)
+KEY = b"k" * 32
+
+
+def line(obj: object) -> bytes:
+    return json.dumps(obj).encode() + b"\n"
+
+
+def at_hs3(wire: bytes, sealer: Sealer | None = None) -> tuple[ServerHandshake, Hs3Received]:
+    hs = ServerHandshake(LIMITS, now=100.0, sealer=sealer)
+    hs.receive_data(wire)
+    first = hs.next_event()
+    hs.accept_chid(getattr(first, "chid", None) or "gen")
+    event = hs.next_event()
+    assert isinstance(event, Hs3Received)
+    return hs, event
+
+
+def test_a_resumed_handshake_answers_the_hs3_it_was_suspended_at_with_the_data_that_followed() -> None:
+    hs, event = at_hs3(line({"req": "hs1", "chid": "a"}) + line({"req": "hs3", "recvers": ["b"], "timeout": 5}) + b"DATA")
+    hs.data_to_send()  # hs2 went out from the first process
+    s = hs.suspend(event, now=103.0, opened_at=100.0)
+    assert hs.state is State.ROUTING  # nothing changes where it was suspended
+    there = ServerHandshake.resume(LIMITS, 500.0, None, s)
+    assert there.resumed and there.chid == "a" and there.state is State.ROUTING
+    assert there.deadline == 507.0  # the 10 s run from the connect, 3 s ago
+    assert there.next_event() == event
+    assert there.next_event() is PAUSED
+    assert there.establish(["b"]) == b"DATA"
+    assert json.loads(there.data_to_send()) == {"rsp": "hs4", "result": "OK", "chid": "a", "timeout": 5, "online": ["b"]}
+
+
+def test_a_sealed_handshake_resumed_elsewhere_seals_its_hs4_for_the_client() -> None:
+    sealer = Sealer(KEY)
+    client = ClientHandshake("a", ["b"], sealer=Sealer(KEY))
+    hs = ServerHandshake(LIMITS, now=0.0, sealer=sealer)
+    hs.receive_data(client.hs1())
+    assert hs.next_event().chid == "a"  # type: ignore[union-attr]
+    hs.accept_chid("a")
+    client.receive_hs2(hs.data_to_send())
+    hs.receive_data(client.hs3())
+    event = hs.next_event()
+    assert isinstance(event, Hs3Received)
+    s = hs.suspend(event, now=1.0, opened_at=0.0)
+    there = ServerHandshake.resume(LIMITS, 1.0, Sealer(KEY), s)
+    assert there.next_event() == event
+    there.establish(["b"])
+    assert client.receive_hs4(there.data_to_send()).chid == "a"  # opened with the client's key
+
+
+def test_a_handshake_suspended_under_a_secret_is_not_resumed_without_one() -> None:
+    sealer = Sealer(KEY)
+    client = ClientHandshake("a", ["b"], sealer=Sealer(KEY))
+    hs = ServerHandshake(LIMITS, now=0.0, sealer=sealer)
+    hs.receive_data(client.hs1())
+    hs.next_event()
+    hs.accept_chid("a")
+    client.receive_hs2(hs.data_to_send())
+    hs.receive_data(client.hs3())
+    event = hs.next_event()
+    assert isinstance(event, Hs3Received)
+    with pytest.raises(ValueError):
+        ServerHandshake.resume(LIMITS, 1.0, None, hs.suspend(event, 1.0, 0.0))
+    plain, plain_event = at_hs3(line({"req": "hs1", "chid": "a"}) + line({"req": "hs3"}))
+    with pytest.raises(ValueError):
+        ServerHandshake.resume(LIMITS, 1.0, sealer, plain.suspend(plain_event, 1.0, 0.0))
+
+
+def test_suspending_is_only_for_an_hs3_not_yet_answered() -> None:
+    hs, event = at_hs3(line({"req": "hs1", "chid": "a"}) + line({"req": "hs3"}))
+    hs.establish(None)
+    with pytest.raises(RuntimeError):
+        hs.suspend(event, 1.0, 0.0)
+
+
+def test_the_message_carries_every_field_of_the_hs3_and_the_bytes_after_it() -> None:
+    event = Hs3Received(("b",), 30.0, wait=True, hangup=True, framed=True)
+    s = Suspended("a", "c" * 32, True, event, b"\x00first data\n", 0.25)
+    header, rest = encode(s, "tag")
+    assert rest == b"\x00first data\n"
+    assert decode(header + rest) == (s, "tag")
+    broadcast = Suspended("a", None, False, Hs3Received(None, 60.0, False), b"", 0.0)
+    assert decode(b"".join(encode(broadcast, "")))[0] == broadcast
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"no newline",
+        b"[1]\n",
+        b'{"v": 2}\n',
+        b'{"v": 1, "chid": "a"}\n',
+        b'{"v":1,"chid":"","challenge":null,"opened":false,"age":0,"secret":"","recvers":null,"timeout":1,'
+        b'"wait":false,"hangup":false,"framed":false}\n',
+        b'{"v":1,"chid":"a","challenge":null,"opened":false,"age":-1,"secret":"","recvers":null,"timeout":1,'
+        b'"wait":false,"hangup":false,"framed":false}\n',
+        b'{"v":1,"chid":"a","challenge":null,"opened":false,"age":0,"secret":"","recvers":[1],"timeout":1,'
+        b'"wait":false,"hangup":false,"framed":false}\n',
+        b'{"v":1,"chid":"a","challenge":null,"opened":"yes","age":0,"secret":"","recvers":null,"timeout":1,'
+        b'"wait":false,"hangup":false,"framed":false}\n',
+    ],
+)
+def test_anything_else_is_not_a_hand_off(message: bytes) -> None:
+    with pytest.raises((ValueError, KeyError)):
+        decode(message)
+
+
+def test_socket_names_are_short_and_safe_whatever_the_node_id() -> None:
+    path = socket_path("/tmp/forwarding-handoff-x", "../../etc/passwd " * 20)
+    assert path.startswith("/tmp/forwarding-handoff-x/") and "/" not in path.rsplit("/", 1)[1]
+    assert len(path.encode()) < 108
+    assert secret_tag(None) == secret_tag("") == "" and secret_tag("a") != secret_tag("b")
