@@ -28,7 +28,8 @@ def at_hs3(wire: bytes, sealer: Sealer | None = None) -> tuple[ServerHandshake, 
 
 
 def test_a_resumed_handshake_answers_the_hs3_it_was_suspended_at_with_the_data_that_followed() -> None:
-    hs, event = at_hs3(line({"req": "hs1", "chid": "a"}) + line({"req": "hs3", "recvers": ["b"], "timeout": 5}) + b"DATA")
+    wire = line({"req": "hs1", "chid": "a"}) + line({"req": "hs3", "recvers": ["b"], "timeout": 5}) + b"DATA"
+    hs, event = at_hs3(wire)
     hs.data_to_send()  # hs2 went out from the first process
     s = hs.suspend(event, now=103.0, opened_at=100.0)
     assert hs.state is State.ROUTING  # nothing changes where it was suspended
@@ -38,7 +39,8 @@ def test_a_resumed_handshake_answers_the_hs3_it_was_suspended_at_with_the_data_t
     assert there.next_event() == event
     assert there.next_event() is PAUSED
     assert there.establish(["b"]) == b"DATA"
-    assert json.loads(there.data_to_send()) == {"rsp": "hs4", "result": "OK", "chid": "a", "timeout": 5, "online": ["b"]}
+    hs4 = json.loads(there.data_to_send())
+    assert hs4 == {"rsp": "hs4", "result": "OK", "chid": "a", "timeout": 5, "online": ["b"]}
 
 
 def test_a_sealed_handshake_resumed_elsewhere_seals_its_hs4_for_the_client() -> None:
