@@ -168,6 +168,7 @@ def pairs_mbps(address: tuple[str, int], pairs: int, size: int, procs: int = 4) 
 def scaling(seconds: float, pairs: int, size: int, runs: int) -> dict[str, dict[str, list[float]]]:
     out: dict[str, dict[str, list[float]]] = {f"--workers {n}": {"hs": [], "pairs": []} for n in (1, 2)}
     out[SHARED_NOTHING] = {"hs": [], "pairs": []}
+    out[NO_HANDOFF] = {"hs": [], "pairs": []}
     for i in range(runs):
         order = [1, 2, 0] if i % 2 == 0 else [0, 2, 1]
         for n in order:
@@ -180,7 +181,13 @@ def scaling(seconds: float, pairs: int, size: int, runs: int) -> dict[str, dict[
                 rate = handshakes.measure_on(relay, Security(), seconds)["per_second"]
                 out[f"--workers {n}"]["hs"].append(rate or 0.0)
                 out[f"--workers {n}"]["pairs"].append(pairs_mbps(relay.address, pairs, size))
+            if n == 2:  # the same pairs with every split one on a leg: what the hand-off saves
+                with Workers(n, "--no-handoff") as relay:
+                    out[NO_HANDOFF]["pairs"].append(pairs_mbps(relay.address, pairs, size))
     return out
+
+
+NO_HANDOFF = "--workers 2 --no-handoff"
 
 
 SHARED_NOTHING = "2 unclustered processes"
@@ -257,6 +264,8 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
     hs_ratio = median(b / a for a, b in zip(w1["hs"], w2["hs"], strict=True))
     bound_ratio = median(b / a for a, b in zip(w1["hs"], bound["hs"], strict=True))
     pairs_ratio = median(b / a for a, b in zip(w1["pairs"], w2["pairs"], strict=True))
+    legs = scaled[NO_HANDOFF]["pairs"]
+    legs_ratio = median(b / a for a, b in zip(w1["pairs"], legs, strict=True))
     idle_run = idle(idle_count)
     table = Table(
         "14. Many relays as one: across nodes, and --workers",
@@ -270,7 +279,10 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
             f"nothing (no cluster: a bound, not a relay) {fmt(median(bound['hs']), 0)}: {bound_ratio:.2f}x, the "
             f"most two processes reach here beside the 8 connectors on the same 2 cores. {pairs} pairs x "
             f"{pair_size >> 10} KiB: {fmt(median(w1['pairs']), 0)} and {fmt(median(w2['pairs']), 0)} MB/s: "
-            f"{pairs_ratio:.2f}x (target >= 1.4x). Each sender waits for its receiver (they may be on two workers).",
+            f"{pairs_ratio:.2f}x (target >= 1.4x); with --no-handoff (a pair split over two workers crosses on a "
+            f"leg instead of moving to one) {fmt(median(legs), 0)} MB/s: {legs_ratio:.2f}x. Each receiver connects "
+            "first, its sender right after it, naming it with wait (the sender's worker may not know it yet: then "
+            "no hand-off).",
             f"Idle: {int(idle_run['sessions']):,} sessions on --workers 6 from 8 client processes over 127.0.x.1, "
             f"opened in {idle_run['seconds']:.1f} s ({fmt(idle_run['per_second'], 0)}/s); "
             f"{idle_run['kib_per_session']:.2f} KiB per session, all workers and the nats-server together (target "
@@ -283,6 +295,7 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
                 "workers_hs": hs_ratio,
                 "shared_nothing_hs": bound_ratio,
                 "workers_pairs": pairs_ratio,
+                "workers_pairs_no_handoff": legs_ratio,
                 "idle_kib": idle_run["kib_per_session"],
             }
         },

@@ -231,6 +231,9 @@ def targets(tables: dict[str, Table]) -> Table | None:
         if t.get("shared_nothing_hs") is not None:  # the peer that puts the handshake target in context
             bound_ratio = t["shared_nothing_hs"]
             check("the same, two processes sharing nothing (this machine's bound)", "peer", bound_ratio, None)
+        if t.get("workers_pairs_no_handoff") is not None:
+            check("200 pairs, --workers 2 --no-handoff / --workers 1 (legs only)", "peer",
+                  t["workers_pairs_no_handoff"], None)  # fmt: skip
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
