@@ -53,6 +53,8 @@ MAX_MESSAGE = 128 * 1024
 MAX_REST = MAX_MESSAGE - 8 * 1024
 READS_PER_CALLBACK = 64
 """Hand-offs taken from one sibling per turn of the event loop: no sibling holds the loop."""
+ACCEPT_PAUSE = 1.0
+"""Seconds the hand-off listener is left alone after an accept failed (out of descriptors)."""
 VERSION = 1
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
@@ -174,12 +176,20 @@ class HandOff:
                 conn, _ = self._listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of descriptors: the sibling's sends fail and its pairs use legs
+            except OSError as exc:
+                # Out of descriptors: the listener stays readable, so stop watching it for
+                # a while rather than spin; meanwhile the siblings' pairs use legs.
                 self._failed("accept", str(exc))
+                self.relay.loop.remove_reader(self._listener.fileno())
+                self.relay.loop.call_later(ACCEPT_PAUSE, self._resume_accepting)
                 return
             conn.setblocking(False)
             self._inbound.add(conn)
             self.relay.loop.add_reader(conn.fileno(), self._read, conn)
+
+    def _resume_accepting(self) -> None:
+        if self._listener is not None:
+            self.relay.loop.add_reader(self._listener.fileno(), self._accept)
 
     def _drop_inbound(self, conn: socket.socket) -> None:
         if conn in self._inbound:

@@ -64,7 +64,9 @@ the descriptor limit, which would drop a client without a word."""
 CLOSE_BATCH = 500
 """Sessions closed per pass of the event loop at shutdown: 20,000 at once held the loop for 2 s."""
 
-RESTART_ONLY = ("hosts", "port", "ws_port", "mode", "admin_socket", "metrics", "cluster", "reuse_port", "workers")
+RESTART_ONLY = (
+    "hosts", "port", "ws_port", "mode", "admin_socket", "metrics", "cluster", "reuse_port", "workers", "handoff",
+)  # fmt: skip
 """Settings a reload cannot change: the listeners are bound once."""
 
 
