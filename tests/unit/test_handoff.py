@@ -7,7 +7,7 @@ import pytest
 from forwarding.protocol.client import ClientHandshake
 from forwarding.protocol.handshake import PAUSED, HandshakeLimits, Hs3Received, ServerHandshake, State, Suspended
 from forwarding.protocol.sealing import Sealer
-from forwarding.server.handoff import decode, encode, secret_tag, socket_path
+from forwarding.server.handoff import HandOff, decode, encode, secret_tag, socket_path
 
 LIMITS = HandshakeLimits(handshake_timeout=10.0, max_line=1024, default_idle_timeout=60.0, max_idle_timeout=600.0)
 KEY = b"k" * 32
@@ -94,6 +94,8 @@ def test_the_message_carries_every_field_of_the_hs3_and_the_bytes_after_it() -> 
     assert decode(header + rest) == (s, "tag")
     broadcast = Suspended("a", None, False, Hs3Received(None, 60.0, False), b"", 0.0)
     assert decode(b"".join(encode(broadcast, "")))[0] == broadcast
+    answer = Suspended("a", None, False, Hs3Received(None, 60.0, False, accept="T" * 22), b"", 0.0)
+    assert decode(b"".join(encode(answer, "")))[0] == answer
 
 
 @pytest.mark.parametrize(
@@ -123,3 +125,15 @@ def test_socket_names_are_short_and_safe_whatever_the_node_id() -> None:
     assert path.startswith("/tmp/forwarding-handoff-x/") and "/" not in path.rsplit("/", 1)[1]
     assert len(path.encode()) < 108
     assert secret_tag(None) == secret_tag("") == "" and secret_tag("a") != secret_tag("b")
+
+
+def test_each_worker_makes_visit_tickets_that_every_worker_maps_to_it() -> None:
+    nodes = ["w-0", "w-1", "w-2"]
+    workers = [HandOff(None, "/nowhere", node, nodes) for node in nodes]  # type: ignore[arg-type]
+    for worker in workers:
+        tickets = {worker.new_ticket() for _ in range(50)}
+        assert len(tickets) == 50 and all(len(t) == 22 for t in tickets)
+        assert {other.ticket_node(t) for other in workers for t in tickets} == {worker.node}
+    # Tickets from anywhere else spread over all of them.
+    alone = HandOff(None, "/nowhere", "w-0", ())  # type: ignore[arg-type]
+    assert {workers[0].ticket_node(alone.new_ticket()) for _ in range(200)} == set(nodes)

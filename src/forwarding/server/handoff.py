@@ -14,9 +14,14 @@ This happens before the claim, so the session is online on one node only, from
 the start: nothing moves in the registry, nobody can have sent to it yet, and it
 moves at most once (a resumed handshake is never handed on). What does not
 move: TLS sessions (their state is Python's), WebSocket ones (their framing is
-too), broadcast and fan-out senders (no one worker holds their receivers) and
-visits. If the hand-off cannot be sent (the sibling is gone, draining, or its
-socket is full), the connection stays and a leg carries the pair as before.
+too), and broadcast and fan-out senders (no one worker holds their receivers).
+If the hand-off cannot be sent (the sibling is gone, draining, or its socket is
+full), the connection stays and a leg carries the pair as before.
+
+Visits ride on the same step: a visitor names its service, so it goes to the
+service's worker; an ``accept`` goes to the worker whose visit its ticket is,
+found without asking anyone because each worker makes only tickets that hash
+to itself (:meth:`HandOff.new_ticket`).
 
 The sockets live in a directory the supervisor makes for its workers (mode
 0700: only the relay's own user can send it connections). Each worker listens
@@ -38,8 +43,10 @@ import logging
 import os
 import socket
 import struct
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..protocol.chid import generate_chid
 from ..protocol.handshake import Hs3Received, ServerHandshake, Suspended
 from .session import Session
 
@@ -84,6 +91,7 @@ def encode(s: Suspended, tag: str) -> list[bytes]:
         "wait": e.wait,
         "hangup": e.hangup,
         "framed": e.framed,
+        "accept": e.accept,
     }
     return [json.dumps(header, separators=(",", ":")).encode() + b"\n", s.rest]
 
@@ -99,8 +107,9 @@ def decode(message: bytes) -> tuple[Suspended, str]:
     recvers = h["recvers"]
     if recvers is not None and not (isinstance(recvers, list) and all(isinstance(c, str) for c in recvers)):
         raise ValueError("bad recvers")
-    challenge = h["challenge"]
+    challenge, accept = h["challenge"], h["accept"]
     checks = (
+        accept is None or isinstance(accept, str) and accept,
         isinstance(h["chid"], str) and h["chid"],
         challenge is None or isinstance(challenge, str),
         isinstance(h["opened"], bool),
@@ -112,7 +121,12 @@ def decode(message: bytes) -> tuple[Suspended, str]:
     if not all(checks):
         raise ValueError("bad field")
     event = Hs3Received(
-        None if recvers is None else tuple(recvers), float(h["timeout"]), h["wait"], h["hangup"], h["framed"]
+        None if recvers is None else tuple(recvers),
+        float(h["timeout"]),
+        h["wait"],
+        h["hangup"],
+        h["framed"],
+        accept=accept,
     )
     return Suspended(h["chid"], challenge, h["opened"], event, rest, float(h["age"])), h["secret"]
 
@@ -120,10 +134,12 @@ def decode(message: bytes) -> tuple[Suspended, str]:
 class HandOff:
     """This worker's end: it takes connections from its siblings and hands them connections."""
 
-    def __init__(self, relay: Relay, directory: str, node: str) -> None:
+    def __init__(self, relay: Relay, directory: str, node: str, nodes: Sequence[str] = ()) -> None:
+        """``nodes``: every worker's node id, in the supervisor's order (visit tickets map onto it)."""
         self.relay = relay
         self.directory = directory
         self.node = node
+        self.nodes = tuple(nodes) if node in nodes else (node,)
         self.path = socket_path(directory, node)
         self._listener: socket.socket | None = None
         self._inbound: set[socket.socket] = set()
@@ -311,6 +327,20 @@ class HandOff:
     def _failed_quietly(self, reason: str) -> None:
         # Nothing is lost: the session stays here and a leg carries its pair.
         self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    # -- visits: an acceptor goes where its visit waits ------------------------------
+
+    def ticket_node(self, ticket: str) -> str:
+        """The worker whose visit a ticket is: each worker makes only tickets that map to itself."""
+        digest = hashlib.sha256(ticket.encode()).digest()
+        return self.nodes[int.from_bytes(digest[:8], "big") % len(self.nodes)]
+
+    def new_ticket(self) -> str:
+        """A visit ticket (128 random bits, as on one relay) that maps to this worker: about N draws."""
+        while True:
+            ticket = generate_chid()
+            if self.ticket_node(ticket) == self.node:
+                return ticket
 
     def has(self, node: str) -> bool:
         """Whether ``node`` is a sibling that takes hand-offs (its socket is in our directory)."""

@@ -90,39 +90,48 @@ def on_hs3(self: Session, event: Hs3Received) -> None:
         refuse(self, Outcome.REFUSED, spent, "quota_exceeded")
         return
     if event.accept is not None:
+        handoff = self._relay.handoff
+        if handoff is not None and self._relay.visits.get(event.accept) is None:
+            # The visit waits in the worker whose tickets map to this one: answer it there.
+            if hand_off(self, event, handoff.ticket_node(event.accept)):
+                return
         visits.accept(self, event.accept)
         return
     service = self._relay.visits.names_service(self.recvers)
     if service is not None and not can_visit(self, service):
         return
     self._service = event.service
-    if self._relay.handoff is not None and hand_off(self, event):
+    if self._relay.handoff is not None and hand_off(self, event, receivers_worker(self, event)):
         return
     self._claiming = event
     self._router.claim(self, self._claimed)
 
 
-def hand_off(self: Session, event: Hs3Received) -> bool:
-    """Send this connection to the worker that holds its one receiver (server/handoff.py); ``True`` if sent.
+def receivers_worker(self: Session, event: Hs3Received) -> str | None:
+    """The sibling worker that holds this sender's one receiver, if it has exactly one and it is there."""
+    cluster = self._relay.cluster
+    if cluster is None or event.service or self.recvers is None or len(self.recvers) != 1:
+        return None
+    return cluster.remote_node(self.recvers[0])
+
+
+def hand_off(self: Session, event: Hs3Received, node: str | None) -> bool:
+    """Send this connection to sibling worker ``node`` (server/handoff.py); ``True`` if sent.
 
     Before the claim: the session is born there, and nothing of it stays here.
     """
-    hs, transport, cluster, handoff = self._hs, self._transport, self._relay.cluster, self._relay.handoff
+    hs, transport, handoff = self._hs, self._transport, self._relay.handoff
     assert hs is not None and transport is not None and handoff is not None
+    if node is None or node == handoff.node:
+        return False
     flush(self)  # hs2, if hs3 came in the same read: the client must have it from us
     if (
-        cluster is None
-        or hs.resumed  # moved once already: never again, so no two sessions chase each other
+        hs.resumed  # moved once already: never again, so no two sessions chase each other
         or self._layer is not None  # WebSocket framing lives in this process
         or self._relay.ssl_context is not None  # so does TLS state
-        or event.service
-        or self.recvers is None
-        or len(self.recvers) != 1
         or transport.get_write_buffer_size()  # hs2 still queued here (a client not reading) would be lost
+        or not handoff.has(node)
     ):
-        return False
-    node = cluster.remote_node(self.recvers[0])
-    if node is None or not handoff.has(node):
         return False
     raw = transport.get_extra_info("socket")
     if raw is None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import ipaddress
+import json
 import logging
 import os
 import resource
@@ -135,8 +136,10 @@ class Relay:
             await self._node.join()  # before any client: claims need the registry
             directory = os.environ.get(workers.HANDOFF_DIR)
             if directory and self.config.handoff:  # a worker of serve --workers
-                self.handoff = handoff.HandOff(self, directory, self._node.id)
+                siblings = json.loads(os.environ.get(workers.HANDOFF_NODES, "[]"))
+                self.handoff = handoff.HandOff(self, directory, self._node.id, siblings)
                 self.handoff.start()
+                self.visits.new_ticket = self.handoff.new_ticket
 
         def protocol() -> asyncio.Protocol:
             # Read at each accept: a reload may change the certificate.

@@ -16,6 +16,7 @@ session, as in :mod:`.framed`).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, cast
 
 from ..protocol.chid import generate_chid
@@ -49,6 +50,8 @@ class Visits:
         """Chids of the online services: the one test an hs3 pays while none is online."""
         self._by_ticket: dict[str, Visit] = {}
         self._waiting: dict[Session, dict[str, Visit]] = {}  # service -> its unanswered visits
+        self.new_ticket: Callable[[], str] = generate_chid
+        """``serve --workers``: tickets that map to this worker, for acceptors to be handed here (server/handoff.py)."""
 
     def __len__(self) -> int:
         return len(self._by_ticket)
@@ -67,7 +70,7 @@ class Visits:
         waiting = self._waiting.setdefault(service, {})
         if len(waiting) >= self.limit:
             return None
-        ticket = generate_chid()  # 128 random bits: only the service learns it
+        ticket = self.new_ticket()  # 128 random bits: only the service learns it
         visit = self._by_ticket[ticket] = waiting[ticket] = Visit(ticket, visitor, service)
         return visit
 

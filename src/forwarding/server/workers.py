@@ -17,6 +17,7 @@ log files. A worker that dies is started again with the same node id.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
@@ -44,6 +45,8 @@ READY_FD = "FORWARDING_READY_FD"
 LOG_TAG = "FORWARDING_LOG_NODE"
 HANDOFF_DIR = "FORWARDING_HANDOFF_DIR"
 """The private directory (0700) of the workers' hand-off sockets (server/handoff.py)."""
+HANDOFF_NODES = "FORWARDING_HANDOFF_NODES"
+"""Every worker's node id, a JSON list in the supervisor's order: visit tickets map onto it."""
 START_TIMEOUT = 60.0
 """Seconds a worker may take to join and listen (it may wait out the lease of its previous run)."""
 RESTARTS = 5
@@ -193,6 +196,8 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
         Worker(i, f"{base}-{i}", worker_args([*argv, *cluster_args], config, i, f"{base}-{i}", port, ws_port))
         for i in range(n)
     ]
+    if handoff_dir is not None:
+        env[HANDOFF_NODES] = json.dumps([w.node for w in workers])
     # Signals wake the loop through a pipe (set_wakeup_fd): a blocked signal mask
     # would be inherited by the workers across exec, and they must get theirs.
     wake_r, wake_w = os.pipe()
