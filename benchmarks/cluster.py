@@ -151,6 +151,11 @@ def _pair_worker(
 
 
 def pairs_mbps(address: tuple[str, int], pairs: int, size: int, procs: int = 4) -> float:
+    return pairs_run(address, pairs, size, [], procs)[0]
+
+
+def pairs_run(address: tuple[str, int], pairs: int, size: int, pids: list[int], procs: int = 4) -> tuple[float, float]:
+    """``pairs`` pairs moving ``size`` bytes each at once: total MB/s, and the CPU of ``pids`` per GiB moved."""
     q: Queue[object] = mp.Queue()
     barrier = mp.Barrier(procs + 1)
     share = pairs // procs
@@ -158,17 +163,21 @@ def pairs_mbps(address: tuple[str, int], pairs: int, size: int, procs: int = 4) 
     for p in ps:
         p.start()
     barrier.wait(300)
+    cpu = sum(cpu_seconds(pid) for pid in pids)
     start = time.monotonic()
     ends = [float(q.get(timeout=600)) for _ in ps]  # type: ignore[arg-type]
+    cpu = sum(cpu_seconds(pid) for pid in pids) - cpu
     for p in ps:
         p.join(60)
-    return procs * share * size / (max(ends) - start) / 1e6
+    moved = procs * share * size
+    return moved / (max(ends) - start) / 1e6, cpu / (moved / (1 << 30))
 
 
 def scaling(seconds: float, pairs: int, size: int, runs: int) -> dict[str, dict[str, list[float]]]:
-    out: dict[str, dict[str, list[float]]] = {f"--workers {n}": {"hs": [], "pairs": []} for n in (1, 2)}
-    out[SHARED_NOTHING] = {"hs": [], "pairs": []}
-    out[NO_HANDOFF] = {"hs": [], "pairs": []}
+    out: dict[str, dict[str, list[float]]] = {
+        name: {"hs": [], "pairs": [], "pairs_cpu": []} for name in ("--workers 1", "--workers 2", NO_HANDOFF)
+    }
+    out[SHARED_NOTHING] = {"hs": []}
     for i in range(runs):
         order = [1, 2, 0] if i % 2 == 0 else [0, 2, 1]
         for n in order:
@@ -180,10 +189,14 @@ def scaling(seconds: float, pairs: int, size: int, runs: int) -> dict[str, dict[
             with Workers(n) as relay:
                 rate = handshakes.measure_on(relay, Security(), seconds)["per_second"]
                 out[f"--workers {n}"]["hs"].append(rate or 0.0)
-                out[f"--workers {n}"]["pairs"].append(pairs_mbps(relay.address, pairs, size))
+                mbps, cpu = pairs_run(relay.address, pairs, size, relay.pids or [relay.pid])
+                out[f"--workers {n}"]["pairs"].append(mbps)
+                out[f"--workers {n}"]["pairs_cpu"].append(cpu)
             if n == 2:  # the same pairs with every split one on a leg: what the hand-off saves
                 with Workers(n, "--no-handoff") as relay:
-                    out[NO_HANDOFF]["pairs"].append(pairs_mbps(relay.address, pairs, size))
+                    mbps, cpu = pairs_run(relay.address, pairs, size, relay.pids)
+                    out[NO_HANDOFF]["pairs"].append(mbps)
+                    out[NO_HANDOFF]["pairs_cpu"].append(cpu)
     return out
 
 
@@ -266,6 +279,10 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
     pairs_ratio = median(b / a for a, b in zip(w1["pairs"], w2["pairs"], strict=True))
     legs = scaled[NO_HANDOFF]["pairs"]
     legs_ratio = median(b / a for a, b in zip(w1["pairs"], legs, strict=True))
+    # CPU per GiB is what the hand-off saves; MB/s here is bound by the 4 client processes on the same 2 cores.
+    handoff_cpu = median(
+        b / a if a else float("nan") for a, b in zip(scaled[NO_HANDOFF]["pairs_cpu"], w2["pairs_cpu"], strict=True)
+    )
     idle_run = idle(idle_count)
     table = Table(
         "14. Many relays as one: across nodes, and --workers",
@@ -280,9 +297,11 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
             f"most two processes reach here beside the 8 connectors on the same 2 cores. {pairs} pairs x "
             f"{pair_size >> 10} KiB: {fmt(median(w1['pairs']), 0)} and {fmt(median(w2['pairs']), 0)} MB/s: "
             f"{pairs_ratio:.2f}x (target >= 1.4x); with --no-handoff (a pair split over two workers crosses on a "
-            f"leg instead of moving to one) {fmt(median(legs), 0)} MB/s: {legs_ratio:.2f}x. Each receiver connects "
-            "first, its sender right after it, naming it with wait (the sender's worker may not know it yet: then "
-            "no hand-off).",
+            f"leg instead of moving to one) {fmt(median(legs), 0)} MB/s: {legs_ratio:.2f}x. Relay CPU per GiB of "
+            f"the pairs: --workers 1 {fmt(median(w1['pairs_cpu']), 3)} s, --workers 2 "
+            f"{fmt(median(w2['pairs_cpu']), 3)} s, --no-handoff {fmt(median(scaled[NO_HANDOFF]['pairs_cpu']), 3)} s "
+            f"(hand-off / legs: {handoff_cpu:.2f}x). Each receiver connects first, its sender right after it, naming "
+            "it with wait (the sender's worker may not know it yet: then no hand-off).",
             f"Idle: {int(idle_run['sessions']):,} sessions on --workers 6 from 8 client processes over 127.0.x.1, "
             f"opened in {idle_run['seconds']:.1f} s ({fmt(idle_run['per_second'], 0)}/s); "
             f"{idle_run['kib_per_session']:.2f} KiB per session, all workers and the nats-server together (target "
@@ -296,6 +315,7 @@ def run(size: int = 1 << 30, runs: int = 3, hs_seconds: float = 5.0, pairs: int 
                 "shared_nothing_hs": bound_ratio,
                 "workers_pairs": pairs_ratio,
                 "workers_pairs_no_handoff": legs_ratio,
+                "handoff_cpu": handoff_cpu,
                 "idle_kib": idle_run["kib_per_session"],
             }
         },

@@ -234,6 +234,9 @@ def targets(tables: dict[str, Table]) -> Table | None:
         if t.get("workers_pairs_no_handoff") is not None:
             check("200 pairs, --workers 2 --no-handoff / --workers 1 (legs only)", "peer",
                   t["workers_pairs_no_handoff"], None)  # fmt: skip
+        if t.get("handoff_cpu") is not None:
+            check("200 pairs, relay CPU per GiB, --workers 2 / --no-handoff (what the hand-off saves)", "peer",
+                  t["handoff_cpu"], None)  # fmt: skip
     if not rows:
         return None
     return Table("Targets, checked against this run", ["what", "target", "this run", ""], rows, [], {})
