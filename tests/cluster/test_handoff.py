@@ -21,6 +21,7 @@ import time
 
 import pytest
 
+import forwarding
 from forwarding import sync
 from forwarding.sync import SyncChannel
 
@@ -271,5 +272,50 @@ def test_visitors_reach_a_service_on_another_worker_and_its_answers_are_handed_t
             answer.close()
         handed = "\n".join(line for line in server.lines if "DEBUG handed off" in line)
         assert 'chid="v' in handed and 'chid="answer' in handed, "12 visits: some visitor and some answer moved"
+    finally:
+        server.stop_cleanly()
+
+
+def test_a_worker_at_its_connection_limit_refuses_a_handed_over_sender_with_fail_refused() -> None:
+    server = workers("--max-connections", "2")
+    try:
+        # Two receivers on one worker (the kernel places them; a third there is refused).
+        placed: dict[str, list[str]] = {}
+        held: list[SyncChannel] = []
+        for i in range(40):
+            try:
+                rx = sync.connect(server.address, chid=f"rx{i}")
+            except forwarding.Error:
+                continue  # its worker was full
+            held.append(rx)
+            placed.setdefault(node_of(server, f"rx{i}"), []).append(f"rx{i}")
+            full = [n for n, chids in placed.items() if len(chids) == 2]
+            if full:
+                break
+        else:
+            raise AssertionError("40 connections, no worker with two")
+        target = placed[full[0]][0]
+        replicas_know(server, sum(len(c) for c in placed.values()))
+        for attempt in range(40):  # until the kernel puts a sender on the other worker, which hands it over
+            c = Client(server.address)
+            c.send_json(
+                {"req": "hs1", "chid": f"tx{attempt}"}, json.dumps({"req": "hs3", "recvers": [target]}).encode() + b"\n"
+            )
+            first = c.read_line()
+            if first["rsp"] != "hs2":  # it landed on the full worker, which refused it at once
+                assert first["code"] == "refused", first
+                c.close()
+                continue
+            # Admitted by the other worker (hs2), handed over, refused by the full one.
+            hs4 = c.read_line()
+            c.close()
+            assert hs4["result"] == "FAIL" and hs4["code"] == "refused", hs4
+            assert "limit of 2 connections" in str(hs4["desc"]), hs4
+            server.wait_for_log(f'handed off chid="tx{attempt}"')
+            break
+        else:
+            raise AssertionError("40 senders, none accepted by the other worker")
+        for rx in held:
+            rx.close()
     finally:
         server.stop_cleanly()

@@ -215,8 +215,9 @@ class Session(asyncio.Protocol, Expiring):
         self._admitted = refusal is None
         self._relay.session_opened(self)
         if refusal is not None and self._hs is not None:
-            self.desc = refusal.replace(self._ip, self.peer) if self._config.blur_addresses else refusal
-            handshaking.refuse(self, Outcome.REFUSED, self.desc, "refused")  # sealed, if its lines are
+            handshaking.refuse(self, Outcome.REFUSED, refusal, "refused")  # sealed, if its lines are
+            if self._config.blur_addresses:
+                self.desc = refusal.replace(self._ip, self.peer)
             return
         if refusal is not None:
             self.outcome = Outcome.REFUSED
