@@ -192,7 +192,7 @@ def test_a_hand_off_socket_fed_garbage_says_so_resets_what_it_was_given_and_serv
     try:
         path = next(iter(handoff_sockets(server).values()))
         listener = socket.create_server(("127.0.0.1", 0))
-        victims = [socket.create_connection(listener.getsockname()) for _ in range(2)]
+        victims = [socket.create_connection(listener.getsockname()) for _ in range(3)]
         given = [listener.accept()[0] for _ in victims]
         r, w = os.pipe()
 
@@ -205,6 +205,8 @@ def test_a_hand_off_socket_fed_garbage_says_so_resets_what_it_was_given_and_serv
             s.sendmsg([b"a pipe\n"], fd(r))
             s.sendmsg([json.dumps({"v": 1, "chid": "x"}).encode() + b"\n"], fd(given[0].fileno()))  # fields missing
             s.sendmsg([b"not json\n"], fd(given[1].fileno()))
+            two = array.array("i", [given[2].fileno(), w])  # one descriptor too many: cut short
+            s.sendmsg([b"two\n"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, two)])
         for sock in given:
             sock.close()
         os.close(r)
@@ -214,7 +216,7 @@ def test_a_hand_off_socket_fed_garbage_says_so_resets_what_it_was_given_and_serv
             with pytest.raises(ConnectionResetError):
                 victim.recv(1)
             victim.close()
-        server.wait_for_log(r'hand-off failed reason="truncated"')
+        server.wait_for_count(r'hand-off failed reason="truncated"', 2)
         server.wait_for_log(r'hand-off failed reason="descriptor"')
         server.wait_for_count(r'hand-off failed reason="invalid"', 2)
         with pytest.raises(BrokenPipeError):  # the pipe's end it was sent was closed, not kept

@@ -233,7 +233,7 @@ class HandOff:
     def _take(self, message: bytes, fds: list[int], flags: int) -> None:
         if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(fds) != 1:
             for fd in fds:
-                os.close(fd)
+                _reset(fd)
             # MSG_CTRUNC: no room for the descriptor here; the kernel closed it, and
             # the client's handshake ends with its connection (the sibling's copy is gone).
             self._failed("truncated", "a hand-off came without its one descriptor, or cut short")
@@ -253,10 +253,7 @@ class HandOff:
                 raise ValueError("sealed under another secret (a reload is under way)")
             hs = ServerHandshake.resume(relay.config.limits, relay.loop.time(), relay.sealer, suspended)
         except (ValueError, KeyError, TypeError) as exc:
-            # The client is told by a reset: its handshake cannot go on anywhere.
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
-            sock.close()
+            _reset(sock.detach())  # the client is told by a reset: its handshake cannot go on anywhere
             self._failed("invalid", str(exc))
             return
         session = Session(relay)
@@ -345,3 +342,15 @@ class HandOff:
     def has(self, node: str) -> bool:
         """Whether ``node`` is a sibling that takes hand-offs (its socket is in our directory)."""
         return node in self._outbound or os.path.exists(socket_path(self.directory, node))
+
+
+def _reset(fd: int) -> None:
+    """Close a descriptor we were handed; a connection is reset, not ended as if its stream were whole."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:  # not a socket
+        os.close(fd)
+        return
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+    sock.close()
