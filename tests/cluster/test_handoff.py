@@ -71,7 +71,7 @@ def node_of(server: ServerProcess, chid: str) -> str:
 
 
 def open_pairs(server: ServerProcess, secret: str | None, tag: str = "") -> list[tuple[SyncChannel, SyncChannel]]:
-    """``rx`` first (everywhere known), then ``tx``, each naming the other; ``tx`` sends data with its hs3."""
+    """``rx`` first (then known to both workers), then ``tx``, each naming the other; known everywhere on return."""
     rxs = [sync.connect(server.address, chid=f"rx{tag}{i}", recvers=[f"tx{tag}{i}"], secret=secret)
            for i in range(PAIRS)]  # fmt: skip
     replicas_know(server, len(rxs))
