@@ -135,7 +135,7 @@ class Relay:
             self._node = Node(self, self.config.cluster)
             await self._node.join()  # before any client: claims need the registry
             directory = os.environ.get(workers.HANDOFF_DIR)
-            if directory and self.config.handoff:  # a worker of serve --workers
+            if directory and self.config.handoff and not self.broadcast_mode:  # a worker of serve --workers
                 siblings = json.loads(os.environ.get(workers.HANDOFF_NODES, "[]"))
                 self.handoff = handoff.HandOff(self, directory, self._node.id, siblings)
                 self.handoff.start()
