@@ -147,11 +147,15 @@ def test_data_sent_with_hs3_travels_with_the_connection() -> None:
             tx = Client(server.address)
             hs3 = json.dumps({"req": "hs3", "recvers": [f"rx{i}"]}).encode() + b"\n"
             tx.send_json({"req": "hs1", "chid": f"tx{i}"}, hs3 + b"early bytes %d|" % i)  # one write
+            at_once = i % 2 == 0  # then FIN too, before any reply (printf ... | nc -N)
+            if at_once:
+                tx.sock.shutdown(socket.SHUT_WR)
             assert tx.read_line()["rsp"] == "hs2"
             assert tx.read_line()["result"] == "OK"
-            tx.sock.sendall(b"and the rest")
-            tx.sock.shutdown(socket.SHUT_WR)
-            assert rx.recv_until_eof() == b"early bytes %d|and the rest" % i
+            if not at_once:
+                tx.sock.sendall(b"and the rest")
+                tx.sock.shutdown(socket.SHUT_WR)
+            assert rx.recv_until_eof() == b"early bytes %d|" % i + (b"" if at_once else b"and the rest")
             tx.close()
             rx.close()
         assert any("DEBUG handed off" in line for line in server.lines)

@@ -482,3 +482,24 @@ def test_ctrl_c_stops_the_workers_before_their_nats_server() -> None:
     assert len(stopped) == 2 and len(trapped) == 1, "\n".join(lines)
     assert max(stopped) < trapped[0], "\n".join(lines)  # nats-server went last
     assert not [line for line in lines if "nats error=" in line], "\n".join(lines)
+
+
+def test_a_sender_that_writes_hs1_hs3_its_data_and_fin_at_once_is_delivered_then_ended(
+    start_node: Callable[..., ServerProcess],
+) -> None:
+    """As on one relay (5.1): the FIN that arrives while hs3's claim is at the registry ends the stream,
+    after the data; it does not abandon the handshake and lose what came with it."""
+    n0, n1 = start_node(0), start_node(1)
+    rx, _ = handshake(n1, "rx", [])
+    online_everywhere(n0, ["rx"]).c.close()
+    tx = Client(n0.address)
+    tx.send_json(
+        {"req": "hs1", "chid": "tx"}, json.dumps({"req": "hs3", "recvers": ["rx"]}).encode() + b"\n" + b"all of it"
+    )
+    tx.sock.shutdown(socket.SHUT_WR)  # like printf ... | nc -N
+    assert tx.read_line()["rsp"] == "hs2"
+    assert tx.read_line()["result"] == "OK"
+    assert rx.recv_until_eof() == b"all of it"
+    assert 'reason="client_closed"' in n0.closed_line("tx")
+    tx.close()
+    rx.close()

@@ -114,6 +114,7 @@ class Session(asyncio.Protocol, Expiring):
         "_spliceable",
         "_meter",
         "_claiming",
+        "_eof_held",
     )
 
     def __init__(self, relay: Relay, layer: Layer | None = None) -> None:
@@ -177,6 +178,7 @@ class Session(asyncio.Protocol, Expiring):
         self._peer: str | None = None  # one end of a visit: the other end, the only sender it takes
         self._meter: Meter | None = None  # rate caps and quotas on what this client sends (server/quotas.py)
         self._claiming: Hs3Received | None = None  # hs3 waits for the router's claim (a cluster's registry)
+        self._eof_held = False  # the client's FIN came while hs3's claim was under way
 
     @property
     def framed(self) -> bool:
@@ -338,6 +340,12 @@ class Session(asyncio.Protocol, Expiring):
             if self.established:
                 self._input_ended()
                 return self.outcome is None  # True keeps the transport open for writing
+            if self._claiming is not None:
+                # hs3 is in, its claim at a cluster's registry: one relay would have
+                # established the session by now and taken this FIN as its end of
+                # stream, after its data. So will we, once the claim is answered.
+                self._eof_held = True
+                return True
             self.outcome = Outcome.HANDSHAKE_ABANDONED
         return False  # close our side too; queued bytes are flushed first
 
@@ -512,6 +520,10 @@ class Session(asyncio.Protocol, Expiring):
 
     def _claimed(self, refusal: str | None) -> None:
         handshaking.claimed(self, refusal)  # a method: the router calls it back
+        if self._eof_held:  # the FIN that came meanwhile, now that the session is what it became
+            self._eof_held = False
+            if not self.eof_received() and self._transport is not None:
+                self._transport.close()  # as asyncio does when eof_received says so
 
     def _chid_freed(self) -> None:
         # Deferred: we are inside the old owner's release().
