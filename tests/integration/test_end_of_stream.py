@@ -355,3 +355,35 @@ def test_waiting_for_a_half_closed_chid_ends_within_the_handshake_timeout(start_
     assert reply["code"] == "chid_in_use" and 'chid "me" is online' in str(reply["desc"])
     peer.sock.sendall(b"late answer")
     assert me.recv_exactly(11) == b"late answer"
+
+
+@pytest.mark.parametrize("end", ["fin", "reset"])
+def test_data_held_with_a_waiting_hs3_that_ends_short_of_hs4_is_counted_as_discarded(
+    server: ServerProcess, end: str
+) -> None:
+    c = Client(server.address)
+    hs3 = b'{"req": "hs3", "recvers": ["nobody"], "wait": true}\n'
+    c.send_json({"req": "hs1", "chid": f"gave-up-{end}"}, hs3 + b"12345")
+    assert c.read_line()["rsp"] == "hs2"
+    if end == "fin":
+        c.sock.shutdown(socket.SHUT_WR)  # it gives up waiting
+    else:
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    c.close()
+    line = server.closed_line(f"gave-up-{end}")
+    assert "discarded=5" in line and "in=0" in line, line
+
+
+def test_data_pipelined_with_a_refused_hs3_is_counted_as_discarded(server: ServerProcess) -> None:
+    from .test_framed import Framed
+
+    office = Framed(server, "office", service=True)
+    c = Client(server.address)
+    hs3 = b'{"req": "hs3", "recvers": ["office", "someone"]}\n'  # a visit names the service alone
+    c.send_json({"req": "hs1", "chid": "mixed"}, hs3 + b"abc")
+    assert c.read_line()["rsp"] == "hs2"
+    assert c.read_line()["result"] == "FAIL"
+    c.close()  # the server waits for our FIN before it logs the close (5)
+    line = server.closed_line("mixed")
+    assert 'reason="handshake_failed"' in line and "discarded=3" in line, line
+    office.c.close()

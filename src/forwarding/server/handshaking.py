@@ -239,11 +239,19 @@ def refuse(self: Session, outcome: Outcome, desc: str, code: str) -> None:
     """Send FAIL (queued by the core unless it failed the handshake itself) and close."""
     assert self._hs is not None
     if self._hs.state is not State.FAILED:
+        discard_held(self)
         self._hs.fail(desc, code)
     self.outcome = outcome
     self.desc = desc
     flush(self)
     self._close()
+
+
+def discard_held(self: Session) -> None:
+    """The handshake ends short of hs4: what came with or after hs3 is data never forwarded, counted here."""
+    hs = self._hs
+    if hs is not None and hs.state is State.ROUTING:
+        self.discarded += hs.buffered
 
 
 def flush(self: Session) -> None:

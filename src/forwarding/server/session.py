@@ -133,7 +133,8 @@ class Session(asyncio.Protocol, Expiring):
         self.dropped = 0
         """Bytes the relay could not deliver: to an offline or ended receiver, or cut from this one's queue."""
         self.discarded = 0
-        """Bytes the client sent that were thrown away unread: after the close began, or a frame cut by FIN."""
+        """Bytes the client sent that were thrown away unread: after the close began, a frame cut by FIN,
+        or data that came with an hs3 that never got its hs4."""
         self.outcome: Outcome | None = None
         self.desc: str | None = None
         self.opened_at = self._loop.time()
@@ -773,6 +774,7 @@ class Session(asyncio.Protocol, Expiring):
             sender.unthrottle(self)
 
     def _teardown(self) -> None:
+        handshaking.discard_held(self)  # a handshake that ended short of hs4 (its client gave up, or reset)
         self._leave_router()
         self.established = self._raw_live = False
         for handle in (self._timer, self._slow_timer):
