@@ -57,10 +57,10 @@ SWEEP_RETRY = 0.5
 CONFIGURATION_ERRORS = (10039, 10074)
 """JetStream's answers that no retry changes: not enabled for the account, replicas > 1 on one server."""
 CLOSE_WAIT = 2.0
+"""Seconds the lease's release and the connection's close may take at shutdown."""
 WATCH_HEARTBEAT = 1.0
 """Seconds between the idle heartbeats of a replica's consumer: one that is lost with its NATS server is
 found after two missed ones, and the watch starts again from a snapshot."""
-"""Seconds the lease's release and the connection's close may take at shutdown."""
 
 CHIDS = "forwarding-chids"
 NODES = "forwarding-nodes"

@@ -340,8 +340,8 @@ class HandOff:
                 return ticket
 
     def has(self, node: str) -> bool:
-        """Whether ``node`` is a sibling that takes hand-offs (its socket is in our directory)."""
-        return node in self._outbound or os.path.exists(socket_path(self.directory, node))
+        """Whether ``node`` is a sibling worker (one that is draining or stopped refuses the connection)."""
+        return node != self.node and node in self.nodes
 
 
 def _reset(fd: int) -> None:

@@ -308,21 +308,18 @@ class Relay:
     def session_closed(self, session: Session) -> None:
         self.sessions.discard(session)
         stats = self.stats
-        if session.outcome is Outcome.HANDED_OFF:  # it goes on in another worker, which logs it
-            stats.outcomes[Outcome.HANDED_OFF] = stats.outcomes.get(Outcome.HANDED_OFF, 0) + 1
-            log.debug("handed off", extra={"fields": {"chid": session.chid, "peer": session.peer, "to": session.desc}})
-            if not self.sessions:
-                self._idle.set()
-            return
-        self.recent_closes.add(session)
+        handed = session.outcome is Outcome.HANDED_OFF  # it goes on in another worker, which logs it
+        if not handed:
+            self.recent_closes.add(session)
         stats.bytes_in += session.bytes_in
         stats.bytes_out += session.bytes_out
         stats.bytes_dropped += session.dropped
         stats.bytes_discarded += session.discarded
         assert session.outcome is not None
         stats.outcomes[session.outcome] = stats.outcomes.get(session.outcome, 0) + 1
-        loggable = session.outcome not in UNESTABLISHED or self.may_log_refusal()
-        if loggable and log.isEnabledFor(logging.INFO):  # the fields cost more than the check
+        if handed:
+            log.debug("handed off", extra={"fields": {"chid": session.chid, "peer": session.peer, "to": session.desc}})
+        elif (session.outcome not in UNESTABLISHED or self.may_log_refusal()) and log.isEnabledFor(logging.INFO):
             fields: dict[str, object] = {
                 "chid": session.chid,
                 "peer": session.peer,
