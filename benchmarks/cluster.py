@@ -150,10 +150,6 @@ def _pair_worker(
     move_pairs(pairs, size, barrier, q)
 
 
-def pairs_mbps(address: tuple[str, int], pairs: int, size: int, procs: int = 4) -> float:
-    return pairs_run(address, pairs, size, [], procs)[0]
-
-
 def pairs_run(address: tuple[str, int], pairs: int, size: int, pids: list[int], procs: int = 4) -> tuple[float, float]:
     """``pairs`` pairs moving ``size`` bytes each at once: total MB/s, and the CPU of ``pids`` per GiB moved."""
     q: Queue[object] = mp.Queue()

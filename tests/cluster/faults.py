@@ -7,6 +7,7 @@ import re
 import selectors
 import socket
 import struct
+import subprocess
 import threading
 import time
 
@@ -215,3 +216,15 @@ def closed_fields(node: ServerProcess, chid: str, timeout: float = TIMEOUT) -> d
     """The fields of ``chid``'s ``session closed`` line, once it is logged."""
     line = node.wait_for_log(rf'session closed chid="{re.escape(chid)}".*', timeout).group(0)
     return dict(re.findall(r'(\w+)="?([^" ]*)"?', line))
+
+
+def worker_pids(supervisor: ServerProcess) -> dict[str, int]:
+    """The supervisor's children by what they are: node ids for workers, ``nats`` for its nats-server."""
+    rows = subprocess.run(
+        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(supervisor.proc.pid)], capture_output=True, text=True
+    ).stdout.splitlines()
+    out = {}
+    for row in rows:
+        pid, args = row.split(None, 1)
+        out["nats" if "nats-server" in args else args.split("--node-id ")[-1].split()[0]] = int(pid)
+    return out

@@ -28,7 +28,7 @@ from forwarding.sync import SyncChannel
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, scrape_metrics
 from ..integration.test_framed import Framed
 from ..integration.test_visits import accept, next_visit, visitor_hello
-from .test_nodes import _worker_pids
+from .faults import worker_pids
 
 PAIRS = 12
 BLOB = 1 << 20  # past --splice-after: each pair is spliced, in one worker or onto a leg
@@ -243,7 +243,7 @@ def test_after_a_worker_restarts_its_sibling_hands_to_the_new_run() -> None:
                 break
         else:
             raise AssertionError("in 8 rounds of 12 pairs, one worker never handed off")
-        victim_node, victim = next((n, pid) for n, pid in _worker_pids(server).items() if n.endswith("-1"))
+        victim_node, victim = next((n, pid) for n, pid in worker_pids(server).items() if n.endswith("-1"))
         os.kill(victim, signal.SIGKILL)
         server.wait_for_count(rf'joined the cluster node="{victim_node}"', 2, timeout=TIMEOUT + 4)
         server.wait_for_count(rf'hand-off socket path=.* node="{victim_node}"', 2)

@@ -27,7 +27,7 @@ from forwarding.server.workers import LocalNats
 from ..integration.conftest import TIMEOUT, Client, ServerProcess, handshake, metrics_port, scrape_metrics
 from ..integration.test_framed import Framed
 from .conftest import CLUSTER_SECRET, NatsServer
-from .faults import closed_fields
+from .faults import closed_fields, worker_pids
 
 
 def pair(x: ServerProcess, a: str, y: ServerProcess, b: str, **hs3: object) -> tuple[Client, Client]:
@@ -371,7 +371,7 @@ def test_the_workers_supervisor_restarts_a_worker_that_dies() -> None:
     server = ServerProcess("--workers", "2", "--lease-ttl", "4", timeout=TIMEOUT * 2)
     try:
         server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
-        victim = next(pid for node, pid in _worker_pids(server).items() if node.endswith("-0"))
+        victim = next(pid for node, pid in worker_pids(server).items() if node.endswith("-0"))
         os.kill(victim, 9)
         node = server.wait_for_log(r'a worker died node="([^"]+)"').group(1)
         assert node.endswith("-0")
@@ -397,18 +397,6 @@ def test_a_node_that_cannot_join_says_why_and_exits_1() -> None:
     assert "Traceback" not in done.stderr
 
 
-def _worker_pids(supervisor: ServerProcess) -> dict[str, int]:
-    """The supervisor's children by what they are: node ids for workers, ``nats`` for its nats-server."""
-    rows = subprocess.run(
-        ["ps", "-ww", "-o", "pid=,args=", "--ppid", str(supervisor.proc.pid)], capture_output=True, text=True
-    ).stdout.splitlines()
-    out = {}
-    for row in rows:
-        pid, args = row.split(None, 1)
-        out["nats" if "nats-server" in args else args.split("--node-id ")[-1].split()[0]] = int(pid)
-    return out
-
-
 def test_the_workers_supervisor_passes_on_reload_and_drain(tmp_path: Path) -> None:
     config = tmp_path / "relay.toml"
     config.write_text('secret = "old secret"\n')
@@ -431,7 +419,7 @@ def test_the_workers_supervisor_stops_when_its_nats_server_dies() -> None:
     server = ServerProcess("--workers", "2", "--log-level", "debug", timeout=TIMEOUT * 2)
     server.wait_for_log(r"workers ready workers=2", TIMEOUT * 2)
     server.wait_for_log(r'nats-server line="Server is ready"')  # its log is read (a full pipe would stop it)
-    children = _worker_pids(server)
+    children = worker_pids(server)
     assert len(children) == 3, children
     os.kill(children.pop("nats"), signal.SIGKILL)
     server.wait_for_log(r"the nats-server died: stopping")
