@@ -7,7 +7,7 @@ import pytest
 from forwarding.protocol.client import ClientHandshake
 from forwarding.protocol.handshake import PAUSED, HandshakeLimits, Hs3Received, ServerHandshake, State, Suspended
 from forwarding.protocol.sealing import Sealer
-from forwarding.server.handoff import HandOff, decode, encode, secret_tag, socket_path
+from forwarding.server.handoff import MAX_REST, HandOff, decode, encode, secret_tag, socket_path
 
 LIMITS = HandshakeLimits(handshake_timeout=10.0, max_line=1024, default_idle_timeout=60.0, max_idle_timeout=600.0)
 KEY = b"k" * 32
@@ -137,3 +137,10 @@ def test_each_worker_makes_visit_tickets_that_every_worker_maps_to_it() -> None:
     # Tickets from anywhere else spread over all of them.
     alone = HandOff(None, "/nowhere", "w-0", ())  # type: ignore[arg-type]
     assert {workers[0].ticket_node(alone.new_ticket()) for _ in range(200)} == set(nodes)
+
+
+def test_a_handshake_with_more_buffered_than_a_hand_off_carries_stays_where_it_is() -> None:
+    big = Suspended("a", None, False, Hs3Received(("b",), 60.0, False), b"x" * (MAX_REST + 1), 0.0)
+    worker = HandOff(None, "/nowhere", "w-0", ["w-0", "w-1"])  # type: ignore[arg-type]
+    assert worker.send("w-1", -1, big) is False  # refused before any socket is touched
+    assert worker.sent == 0
