@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from forwarding.routing import cluster
 from forwarding.routing.base import Sink
 from forwarding.routing.cluster import ClusterRouter, Owner, RemoteSink, Unavailable
 
@@ -58,6 +59,8 @@ class FakeLeg(FakeSink):
         self.done = False
         self.log: list[Any] = []
         self.named: dict[str, str | None] = {}
+        self.closed: asyncio.Future[None] = asyncio.get_event_loop().create_future()
+        self.lingers = False  # its connection goes on after the hang-up (it is still connecting, or draining)
 
     def deliver(self, data: bytes | memoryview, sender: str) -> bool:
         self.log.append(("data", sender, bytes(data)))
@@ -73,6 +76,8 @@ class FakeLeg(FakeSink):
     def hang_up(self) -> None:
         self.log.append("hang_up")
         self.done = True
+        if not self.lingers and not self.closed.done():
+            self.closed.set_result(None)
 
     def name(self, chid: str, session: str | None) -> None:
         if not self.done and self.named.get(chid) != session:  # as LegOut: said when it changes
@@ -369,3 +374,28 @@ def test_a_frames_leg_forgets_the_names_of_chids_its_sender_no_longer_names() ->
     assert leg.log[3:] == [("recvers", ("r2", "r3")), ("name", "r1", None), ("name", "r3", "s-r3")]
     router.release(tx)
     assert leg.log[-1] == "hang_up"  # and no names after it
+
+
+@pytest.mark.parametrize("leg_ends", [True, False])
+def test_a_senders_release_waits_for_its_legs_so_its_last_bytes_reach_the_other_node_first(
+    loop: asyncio.AbstractEventLoop, monkeypatch: pytest.MonkeyPatch, leg_ends: bool
+) -> None:
+    """The other node hears of the release from the registry: before its leg arrived, its receiver would be
+    ended there (5.1) and the bytes still on the way dropped."""
+    monkeypatch.setattr(cluster, "LEGS_SETTLE", 0.2)
+    router, registry, legs = make()
+    remote(router, "rx", "b")
+    tx = FakeSink("tx", ("rx",))
+    assert claim(router, tx) is None
+    router.route(tx, tx.recvers, b"last bytes")  # onto a leg that is still connecting
+    legs[0].lingers = True
+    router.finish(tx)
+    router.release(tx)
+    loop.run_until_complete(asyncio.sleep(0.05))
+    assert registry.released == []
+    if leg_ends:
+        legs[0].closed.set_result(None)  # the other node has all of it
+        loop.run_until_complete(asyncio.sleep(0.01))
+    else:  # a leg that never ends holds the chid a bounded while only
+        loop.run_until_complete(asyncio.sleep(0.25))
+    assert registry.released == ["tx"]

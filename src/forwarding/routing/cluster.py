@@ -57,6 +57,9 @@ def new_session_id() -> str:
     return os.urandom(16).hex()
 
 
+LEGS_SETTLE = 2.0
+"""Seconds a sender's release waits for its legs to end: until then its bytes may still be on the way, and the
+other node, told of the release first, would end its receivers' streams before they arrived."""
 RELEASE_ATTEMPTS = 20
 RELEASE_RETRY = 0.5
 ABANDONED_FOR = 120.0
@@ -119,6 +122,11 @@ class Leg(Sink, Protocol):
 
     def hang_up(self) -> None:
         """The sender left: close after what is queued."""
+        ...
+
+    @property
+    def closed(self) -> asyncio.Future[None]:
+        """Done once its connection has ended, or never came."""
         ...
 
 
@@ -201,6 +209,7 @@ class ClusterRouter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._recvers_due: dict[Sink, tuple[str, ...] | None] = {}  # recvers to write to the registry
         self._cut: dict[Sink, set[str]] = {}  # senders whose legs failed -> the nodes, written at release
+        self._leaving: dict[Sink, list[asyncio.Future[None]]] = {}  # released senders -> their legs' ends
         self._abandoned: dict[str, float] = {}  # session ids of claims whose answer was lost -> when
         self.leg_failures: dict[str, int] = {}
         """Legs that broke, by reason: for metrics."""
@@ -277,17 +286,26 @@ class ClusterRouter:
         owner = self._owned.pop(sink, None)
         if owner is None:
             self._cut.pop(sink, None)
-        elif sink in self._recvers_due:
-            pass  # the writer releases it, on its revision
-        elif sink in self._cut:
-            # The nodes its failed legs went to learn of the gap before the release
-            # (one key, in order): a FIN there would say the stream was whole.
-            self._recvers_due[sink] = sink.recvers
-            self._spawn(self._write_recvers(sink, owner))
+            return
+        ending = [leg.closed for leg in (legs or {}).values() if not leg.closed.done()]
+        if sink in self._recvers_due or sink in self._cut:
+            if ending:
+                self._leaving[sink] = ending  # for the writer, which releases the claim
+            if sink not in self._recvers_due:
+                # The nodes its failed legs went to learn of the gap before the release
+                # (one key, in order): a FIN there would say the stream was whole.
+                self._recvers_due[sink] = sink.recvers
+                self._spawn(self._write_recvers(sink, owner))
         else:
-            self._spawn(self._release_claim(sink.chid, owner))
+            self._spawn(self._release_claim(sink.chid, owner, ending))
 
-    async def _release_claim(self, chid: str, owner: Owner) -> None:
+    async def _release_claim(self, chid: str, owner: Owner, ending: list[asyncio.Future[None]] | None = None) -> None:
+        """Give ``owner``'s claim back, once ``ending`` (its session's legs) have ended or a while has passed."""
+        if ending:
+            # The other nodes learn of the release from the registry, and of the last bytes
+            # from the legs: the release waits for the legs, or a receiver there could be
+            # ended (5.1) before its sender's bytes arrived, if a leg was still connecting.
+            await asyncio.wait(ending, timeout=LEGS_SETTLE)
         for _ in range(RELEASE_ATTEMPTS):
             try:
                 await self.registry.release(chid, owner)
@@ -643,7 +661,7 @@ class ClusterRouter:
                 del self._recvers_due[sink]
         if sink not in self._owned:  # released while we wrote: on the latest revision
             self._cut.pop(sink, None)
-            await self._release_claim(sink.chid, owner)
+            await self._release_claim(sink.chid, owner, self._leaving.pop(sink, None))
 
     def senders(self, chid: str) -> int:
         return self.local.senders(chid)

@@ -109,6 +109,7 @@ class LegOut(Session):
     LEG = True
     __slots__ = (
         "_cluster", "_sender", "_node", "_target", "_framing", "_header", "_ended", "_hung_up", "_goodbye", "_named",
+        "closed",
     )  # fmt: skip
 
     def __init__(
@@ -131,6 +132,8 @@ class LegOut(Session):
         self._hung_up = False  # the sender left: closing
         self._goodbye = False  # the other node ended the leg on purpose
         self._named: dict[str, str | None] = {}  # a frames leg: chid -> the session its bytes are for
+        self.closed: asyncio.Future[None] = relay.loop.create_future()
+        """Done once the connection has ended (or never came): the other node has all it will get."""
         self._tls_pending = False
         self._spliceable = relay.leg_splice and target is not None
         self.chid = f"leg:{sender.chid}>{node}"
@@ -206,6 +209,8 @@ class LegOut(Session):
             self.dropped += self.bytes_out  # queued for the connection that never came: all of it lost
             self._teardown()
             self._lost("connect", f"cannot reach node {self._node}: {self.desc}")
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
@@ -253,6 +258,8 @@ class LegOut(Session):
         self._teardown()
         self._relay.legs.discard(self)
         self._transport = None
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def _lost(self, reason: str, desc: str) -> None:
         sender, self._sender = self._sender, None  # type: ignore[assignment]  # once
