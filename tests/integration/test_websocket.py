@@ -172,7 +172,10 @@ def test_a_websocket_receiver_that_stops_reading_holds_its_sender_back_then_is_c
 def test_oversize_messages_bad_origins_and_silent_upgrades_are_refused(start_server):
     server = start_server("--ws-port", "0", "--handshake-timeout", "1", "--max-frame", "65536")
     ws, _ = ws_join(server, "big")
-    ws.send(b"x" * (2 << 20))  # over max_frame + 8 (and the line limit)
+    try:
+        ws.send(b"x" * (2 << 20))  # over max_frame + 8 (and the line limit)
+    except ConnectionResetError:
+        pass  # the relay answered 1009 and closed before the last of the 2 MiB was out
     with pytest.raises(ConnectionClosed) as closed:
         ws.recv(TIMEOUT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
