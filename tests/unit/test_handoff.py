@@ -1,13 +1,19 @@
 """A handshake suspended at hs3 in one process and resumed in another (serve --workers, server/handoff.py)."""
 
+import asyncio
 import json
+import os
+import resource
+import socket
+from types import SimpleNamespace
 
 import pytest
 
 from forwarding.protocol.client import ClientHandshake
 from forwarding.protocol.handshake import PAUSED, HandshakeLimits, Hs3Received, ServerHandshake, State, Suspended
 from forwarding.protocol.sealing import Sealer
-from forwarding.server.handoff import MAX_REST, HandOff, decode, encode, secret_tag, socket_path
+from forwarding.server import handoff
+from forwarding.server.handoff import MAX_MESSAGE, MAX_REST, HandOff, decode, encode, secret_tag, socket_path
 
 LIMITS = HandshakeLimits(handshake_timeout=10.0, max_line=1024, default_idle_timeout=60.0, max_idle_timeout=600.0)
 KEY = b"k" * 32
@@ -144,3 +150,82 @@ def test_a_handshake_with_more_buffered_than_a_hand_off_carries_stays_where_it_i
     worker = HandOff(None, "/nowhere", "w-0", ["w-0", "w-1"])  # type: ignore[arg-type]
     assert worker.send("w-1", -1, big) is False  # refused before any socket is touched
     assert worker.sent == 0
+
+
+def relay_of(loop: asyncio.AbstractEventLoop | None = None) -> SimpleNamespace:
+    """What HandOff reads of its relay: the secret, the loop, and the log limiter."""
+    return SimpleNamespace(config=SimpleNamespace(secret=None), loop=loop, may_log_refusal=lambda: True)
+
+
+def tcp_pair() -> tuple[socket.socket, socket.socket]:
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.create_connection(server.getsockname(), timeout=5)
+        conn, _ = server.accept()
+    conn.settimeout(5)
+    return client, conn
+
+
+def test_a_sibling_whose_hand_off_queue_is_full_leaves_the_connection_here_whole(tmp_path: object) -> None:
+    directory = str(tmp_path)
+    sibling = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sibling.bind(socket_path(directory, "w-1"))
+    sibling.listen(1)  # and takes nothing yet: a sibling too busy to read its socket
+    worker = HandOff(relay_of(), directory, "w-0", ["w-0", "w-1"])  # type: ignore[arg-type]
+    client, conn = tcp_pair()
+    s = Suspended("a", None, False, Hs3Received(("b",), 60.0, False), b"x" * 4096, 0.0)
+    sent = 0
+    while worker.send("w-1", conn.fileno(), s):
+        sent += 1
+        assert sent < 100_000, "the queue never filled"
+    assert sent > 0 and worker.sent == sent
+    assert worker.failures == {"busy": 1}  # counted, and the session stays (a leg joins its pair)
+    conn.sendall(b"still here")  # the connection is still this worker's, and whole
+    assert client.recv(64) == b"still here"
+    # What was queued before it filled arrives whole, each with its one descriptor.
+    taken, _ = sibling.accept()
+    taken.settimeout(5)
+    for _ in range(sent):
+        message, fds, flags, _ = socket.recv_fds(taken, MAX_MESSAGE, 1)
+        assert len(fds) == 1 and not flags
+        os.close(fds[0])
+        resumed, tag = decode(message)
+        assert (resumed.chid, resumed.rest, tag) == ("a", s.rest, "")
+    for sock in (taken, sibling, client, conn):
+        sock.close()
+
+
+def test_out_of_descriptors_the_hand_off_listener_rests_then_takes_connections_again(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(handoff, "ACCEPT_PAUSE", 0.05)
+
+    async def main() -> None:
+        worker = HandOff(relay_of(asyncio.get_running_loop()), str(tmp_path), "w-0", ["w-0"])  # type: ignore[arg-type]
+        worker.start()
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        fillers: list[int] = []
+        sibling = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            sibling.connect(worker.path)  # waits in the listener's backlog for an accept
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(soft, 4096), hard))
+            with pytest.raises(OSError):  # every descriptor this process may have is taken
+                while True:
+                    fillers.append(os.open(os.devnull, os.O_RDONLY))
+            async with asyncio.timeout(5):
+                while not worker.failures.get("accept"):  # the loop calls the listener, whose accept fails
+                    await asyncio.sleep(0.01)
+            assert not worker._inbound
+        finally:
+            for fd in fillers:
+                os.close(fd)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        # It did not spin on a listener that stays readable: one failure, then a rest.
+        assert worker.failures == {"accept": 1}
+        async with asyncio.timeout(5):
+            while not worker._inbound:  # after the rest, the same connection is taken
+                await asyncio.sleep(0.01)
+        assert worker.failures == {"accept": 1}
+        sibling.close()
+        await worker.stop()
+
+    asyncio.run(main())
