@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .hostcounts import HostCounts
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,12 +28,13 @@ class AdmissionLimits:
 
 
 class _Bucket:
-    __slots__ = ("open", "stamp", "tokens")
+    __slots__ = ("open", "stamp", "tokens", "cells")
 
     def __init__(self, tokens: float, stamp: float) -> None:
         self.tokens = tokens
         self.stamp = stamp
         self.open = 0
+        self.cells: tuple[int, int] | None = None  # in the host's table, once known
 
 
 PRUNE_AT = 10_000
@@ -42,8 +47,10 @@ connections or tokens, or twice ``PRUNE_AT``."""
 
 
 class Admission:
-    def __init__(self, limits: AdmissionLimits) -> None:
+    def __init__(self, limits: AdmissionLimits, host: HostCounts | None = None) -> None:
+        """``host``: ``serve --workers``, where the per-address cap counts every worker's connections."""
         self.limits = limits
+        self.host = host
         self.open = 0
         self._by_ip: dict[str, _Bucket] = {}
         self._prune_at = PRUNE_AT
@@ -67,20 +74,34 @@ class Admission:
         else:
             bucket.tokens = min(float(lim.handshake_burst), bucket.tokens + (now - bucket.stamp) * lim.handshake_rate)
             bucket.stamp = now
-        if bucket.open >= lim.max_connections_per_ip:
+        host = self.host
+        if bucket.open >= lim.max_connections_per_ip or (
+            host is not None and host.count(self._cells(bucket, ip, host)) >= lim.max_connections_per_ip
+        ):
             return f"too many connections from {ip} (limit {lim.max_connections_per_ip})"
         if bucket.tokens < 1.0:
             return f"too many new connections from {ip} (limit {lim.handshake_rate:g} per second)"
         bucket.tokens -= 1.0
-        bucket.open += 1
-        self.open += 1
+        self._count(bucket, 1)
         return None
+
+    def _cells(self, bucket: _Bucket, ip: str, host: HostCounts) -> tuple[int, int]:
+        if bucket.cells is None:
+            bucket.cells = host.cells(ip)
+        return bucket.cells
+
+    def _count(self, bucket: _Bucket, step: int) -> None:
+        bucket.open += step
+        self.open += step
+        if self.host is not None and bucket.cells is not None:
+            self.host.add(bucket.cells, step)
 
     def adopt(self, ip: str) -> str | None:
         """Count a connection another worker admitted and handed over (server/handoff.py).
 
-        Its rate and its address's share were counted there; only this process's
-        cap applies here, the one that keeps it within its descriptors.
+        Its rate and its address's cap were checked there; only this process's
+        cap applies here, the one that keeps it within its descriptors. In the
+        host's table it counts on this worker's row from now on.
         """
         lim = self.limits
         if self.open >= lim.max_connections:
@@ -89,16 +110,18 @@ class Admission:
         bucket = self._by_ip.get(ip)
         if bucket is None:
             bucket = self._by_ip[ip] = _Bucket(float(lim.handshake_burst), 0.0)
-        bucket.open += 1
-        self.open += 1
+        if self.host is not None:
+            self._cells(bucket, ip, self.host)  # counted for the host here now: its first worker lets go of it
+        self._count(bucket, 1)
         return None
 
     def release(self, ip: str) -> None:
         """An admitted connection from ``ip`` closed."""
-        self.open -= 1
         bucket = self._by_ip.get(source_key(ip))
         if bucket is not None:
-            bucket.open -= 1
+            self._count(bucket, -1)
+        else:
+            self.open -= 1
 
     def tracked(self) -> int:
         return len(self._by_ip)

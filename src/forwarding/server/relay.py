@@ -25,6 +25,7 @@ from ..routing.local import LocalRouter
 from . import admin, handoff, malloc, splice, workers
 from .admission import Admission
 from .deadlines import Deadlines
+from .hostcounts import HostCounts
 from .notify import notify
 from .outcome import Outcome
 from .quotas import Quotas
@@ -109,7 +110,7 @@ class Relay:
         self.deadlines = Deadlines(self.loop, keep_empty=config.limits.handshake_timeout + 1.0)
         self.stats = Stats()
         self.recent_closes = RecentCloses()  # for /status
-        self.admission = Admission(config.admission)
+        self.admission = Admission(config.admission, _host_counts())
         self.quotas = Quotas(config.quotas)  # rate caps and byte quotas (none unless configured)
         # scrypt is deliberately slow: derive the key once, not per connection.
         self.sealer = Sealer.from_secret(config.secret) if config.secret else None
@@ -477,3 +478,13 @@ def run(config: ServerConfig, loop: str = "auto", reloader: Callable[[], ServerC
 
     with asyncio.Runner(loop_factory=loop_factory(loop)) as runner:
         runner.run(serve_until_signalled(config, fitted))
+
+
+def _host_counts() -> HostCounts | None:
+    """A worker of ``serve --workers``: the host's table of connections per address (server/hostcounts.py)."""
+    shared = os.environ.get(workers.HOST_COUNTS)
+    if not shared:
+        return None
+    table = json.loads(shared)
+    index = int(os.environ[workers.WORKER_INDEX])
+    return HostCounts(table["path"], index, int(table["workers"]), bytes.fromhex(table["key"]))

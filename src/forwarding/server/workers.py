@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ..config import ServerConfig, default_node_id
 from ..protocol.sealing import new_secret
+from . import hostcounts
 from .notify import notify
 
 log = logging.getLogger("forwarding.workers")
@@ -47,6 +48,10 @@ HANDOFF_DIR = "FORWARDING_HANDOFF_DIR"
 """The private directory (0700) of the workers' hand-off sockets (server/handoff.py)."""
 HANDOFF_NODES = "FORWARDING_HANDOFF_NODES"
 """Every worker's node id, a JSON list in the supervisor's order: visit tickets map onto it."""
+HOST_COUNTS = "FORWARDING_HOST_COUNTS"
+"""The workers' shared table of connections per address (server/hostcounts.py): JSON path, rows and key."""
+WORKER_INDEX = "FORWARDING_WORKER_INDEX"
+"""This worker's row in it."""
 START_TIMEOUT = 60.0
 """Seconds a worker may take to join and listen (it may wait out the lease of its previous run)."""
 RESTARTS = 5
@@ -151,7 +156,7 @@ class Worker:
 
     def start(self, env: dict[str, str]) -> None:
         r, w = os.pipe()
-        env = {**env, READY_FD: str(w), LOG_TAG: self.node}
+        env = {**env, READY_FD: str(w), LOG_TAG: self.node, WORKER_INDEX: str(self.index)}
         cmd = [sys.executable, "-m", "forwarding", "serve", *self.args]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, env=env, pass_fds=(w,))
         os.close(w)
@@ -184,9 +189,14 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
         nats = LocalNats()
         env["FORWARDING_CLUSTER_SECRET"] = new_secret()  # in the environment, not on a command line
         cluster_args = ["--cluster", nats.url, "--cluster-memory"]
+    # Mode 0700: only our user may send it connections or write its counts.
+    private = tempfile.mkdtemp(prefix="forwarding-workers-")
+    counts = os.path.join(private, "connections")
+    hostcounts.create(counts, n)
+    env[HOST_COUNTS] = json.dumps({"path": counts, "workers": n, "key": os.urandom(16).hex()})
     handoff_dir = None
     if config.handoff:
-        handoff_dir = tempfile.mkdtemp(prefix="forwarding-handoff-")  # mode 0700: only our user sends to it
+        handoff_dir = private
         env[HANDOFF_DIR] = handoff_dir
     # Port 0: pick one for all of them (each worker would pick its own otherwise).
     port = config.port or _free_port(config.hosts[0])
@@ -226,8 +236,7 @@ def supervise(argv: list[str], config: ServerConfig) -> int:
         os.close(wake_w)
         if nats is not None:
             nats.stop()
-        if handoff_dir is not None:
-            shutil.rmtree(handoff_dir, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
     codes = [w.proc.returncode for w in workers if w.proc is not None]
     return status or (0 if all(c == 0 for c in codes) else 1)
 
