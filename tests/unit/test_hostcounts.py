@@ -58,3 +58,13 @@ def test_a_connection_handed_to_another_worker_counts_there(tmp_path: object) ->
     assert first.admit("192.0.2.1", 0.0) is not None  # still held, on the second worker's row
     second.release("192.0.2.1")
     assert first.admit("192.0.2.1", 0.0) is None
+
+
+def test_an_address_sharing_one_of_its_cells_with_a_busy_one_is_not_held_back(tmp_path: object) -> None:
+    a, _ = table(tmp_path)
+    mine = a.cells("192.0.2.1")
+    other = next(c for c in range(CELLS) if c not in mine)
+    a.add((mine[0], other), 5)  # a busy address that hashed onto one of its cells
+    assert a.count(mine) == 0  # the smaller of its two sums
+    a.add(mine, 1)
+    assert a.count(mine) == 1
