@@ -172,10 +172,7 @@ def test_a_websocket_receiver_that_stops_reading_holds_its_sender_back_then_is_c
 def test_oversize_messages_bad_origins_and_silent_upgrades_are_refused(start_server):
     server = start_server("--ws-port", "0", "--handshake-timeout", "1", "--max-frame", "65536")
     ws, _ = ws_join(server, "big")
-    try:
-        ws.send(b"x" * (2 << 20))  # over max_frame + 8 (and the line limit)
-    except ConnectionResetError:
-        pass  # the relay answered 1009 and closed before the last of the 2 MiB was out
+    ws.send(b"x" * (2 << 20))  # over max_frame + 8 (and the line limit); the relay reads it all, discarding
     with pytest.raises(ConnectionClosed) as closed:
         ws.recv(TIMEOUT)
     assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009
@@ -232,9 +229,9 @@ def test_wss_with_the_relays_certificate_talks_to_tls_tcp_sessions(start_server,
     tls.close()
 
 
-def test_a_client_that_pings_and_never_reads_the_pongs_is_cut_off(relay):
-    """Pongs answer pings: a client that pings and never reads fills its own queue, and past the mark it goes."""
-    port = ws_port(relay)
+def upgraded_socket(server: ServerProcess) -> socket.socket:
+    """A plain socket past the WebSocket upgrade: for clients that break the rules websockets keeps."""
+    port = ws_port(server)
     sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
     sock.sendall(
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -243,7 +240,58 @@ def test_a_client_that_pings_and_never_reads_the_pongs_is_cut_off(relay):
     head = b""
     while b"\r\n\r\n" not in head:
         head += sock.recv(4096)
-    assert head.startswith(b"HTTP/1.1 101")
+    assert head.startswith(b"HTTP/1.1 101") and head.endswith(b"\r\n\r\n"), head
+    return sock
+
+
+def masked_binary_header(n: int) -> bytes:
+    """A client's final binary frame header announcing n bytes, masked with a zero key (RFC 6455, 5.2)."""
+    return b"\x82\xff" + n.to_bytes(8, "big") + b"\0\0\0\0"
+
+
+def test_an_oversize_message_gets_1009_and_the_relay_reads_on_until_the_client_closes(start_server):
+    """Closing with the client's bytes unread would reset the connection, and a reset can destroy
+    the 1009 close frame before the client reads it (CI saw websockets' client lose it)."""
+    server = start_server("--ws-port", "0", "--max-frame", "65536")
+    sock = upgraded_socket(server)
+    sock.sendall(masked_binary_header(64 << 20))
+    chunk = b"x" * (1 << 20)
+    for _ in range(16):  # more than loopback's buffers hold: the relay must read it to take it all
+        sock.sendall(chunk)
+    sock.shutdown(socket.SHUT_WR)
+    got = b""
+    while True:
+        part = sock.recv(65536)
+        if not part:
+            break
+        got += part
+    assert got[:1] == b"\x88" and struct.unpack("!H", got[2:4])[0] == 1009, got[:40]
+    assert 'reason="frame_error"' in server.wait_for_log(r"session closed.*").group(0)
+    sock.close()
+
+
+def test_a_client_that_sends_on_after_1009_is_cut_at_the_close_timeout(start_server):
+    server = start_server("--ws-port", "0", "--max-frame", "65536", "--close-timeout", "1")
+    sock = upgraded_socket(server)
+    sock.sendall(masked_binary_header(1 << 40))
+    sock.settimeout(0.2)
+    deadline = time.monotonic() + TIMEOUT
+    cut = None
+    while time.monotonic() < deadline:
+        try:
+            sock.sendall(b"x" * 65536)
+        except TimeoutError:
+            pass  # the relay is slower than us; it still reads
+        except OSError as exc:
+            cut = exc
+            break
+    assert isinstance(cut, (ConnectionResetError, BrokenPipeError)), cut
+    sock.close()
+
+
+def test_a_client_that_pings_and_never_reads_the_pongs_is_cut_off(relay):
+    """Pongs answer pings: a client that pings and never reads fills its own queue, and past the mark it goes."""
+    sock = upgraded_socket(relay)
     payload = os.urandom(125)
     ping = bytes([0x89, 0x80 | 125]) + b"\0\0\0\0" + payload  # masked with a zero key
     burst = ping * 512

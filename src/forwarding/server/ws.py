@@ -298,11 +298,30 @@ class WsProtocol(asyncio.Protocol):
         if raw is None:
             return
         for chunk in self._ws.data_to_send():
+            if raw.is_closing():
+                return
             if chunk:
-                if not raw.is_closing():
-                    raw.write(chunk)
-            else:  # websockets' end of the connection: after the close handshake, or an HTTP reply
-                raw.close()
+                raw.write(chunk)
+            else:
+                self._send_eof(raw)
+
+    def _send_eof(self, raw: asyncio.Transport) -> None:
+        """websockets' end of the connection: after the close handshake, a failure (1009), or an HTTP reply.
+
+        A half-close, as websockets asks, not a close: closing with the client's
+        bytes unread would make the kernel reset the connection, and a reset can
+        destroy what we sent last (the close frame, the 403 page) before the client
+        reads it. We read on, discarding, until the client's FIN; a deadline bounds
+        that: the upgrade's, or the Session's ``--close-timeout``.
+        """
+        ws = self._ws
+        raw.write_eof()
+        session, failure, close = self._session, ws.parser_exc, ws.close_sent
+        if session is None or failure is None or isinstance(failure, EOFError) or close is None:
+            return  # a close handshake, or the client's FIN: the Session hears of it as it is
+        # websockets failed the connection (a message over the limit, a protocol
+        # error): the session ends now, not at the client's FIN.
+        session.close(Outcome.FRAME_ERROR, f"WebSocket close {close.code}: {close.reason or type(failure).__name__}")
 
     # -- keepalive ------------------------------------------------------------------------
 
