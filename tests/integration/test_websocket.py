@@ -289,6 +289,16 @@ def test_a_client_that_sends_on_after_1009_is_cut_at_the_close_timeout(start_ser
     sock.close()
 
 
+@pytest.mark.parametrize("mode", ["raw", "framed"])
+def test_a_client_that_closes_gets_the_relays_answering_close_frame(relay, mode):
+    """RFC 6455, 5.5.1: the close handshake completes; a browser would otherwise see 1006, not clean."""
+    ws, _ = ws_join(relay, "leaving", None, mode=mode)
+    ws.close(1001, "page hidden")
+    assert ws.protocol.close_rcvd is not None, "no close frame in answer"
+    assert ws.protocol.close_rcvd.code == 1001
+    assert 'reason="client_closed"' in relay.closed_line("leaving")
+
+
 def test_a_client_that_pings_and_never_reads_the_pongs_is_cut_off(relay):
     """Pongs answer pings: a client that pings and never reads fills its own queue, and past the mark it goes."""
     sock = upgraded_socket(relay)

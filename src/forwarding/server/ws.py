@@ -127,12 +127,12 @@ class WsProtocol(asyncio.Protocol):
                 self._request(event)
             elif isinstance(event, Frame):
                 self._frame(event)
-        self._flush()
+        self.flush()
 
     def eof_received(self) -> bool:
         # TCP FIN without a close frame: the client has gone (browsers never half-close).
         self._ws.receive_eof()
-        self._flush()
+        self.flush()
         return False
 
     def pause_writing(self) -> None:
@@ -277,12 +277,12 @@ class WsProtocol(asyncio.Protocol):
             for line in data.split(b"\n"):
                 if line:
                     ws.send_text(line)
-            self._flush()
+            self.flush()
         else:
             # The hot path: our own header in front of the payload as it is, no copy.
             # websockets' send_binary would build each frame anew: a fresh 256-KiB
             # object per chunk, which glibc maps and unmaps (a third of the relay's CPU).
-            self._flush()  # anything websockets has queued (a pong) goes first
+            self.flush()  # anything websockets has queued (a pong) goes first
             raw = self._raw
             if raw is not None and not raw.is_closing():
                 raw.writelines((_binary_header(len(data)), data))
@@ -291,9 +291,9 @@ class WsProtocol(asyncio.Protocol):
         """The Session's FIN: a close frame, after what was written."""
         if self._ws.state is State.OPEN:
             self._ws.send_close(1000, "end of stream")
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
         raw = self._raw
         if raw is None:
             return
@@ -341,7 +341,7 @@ class WsProtocol(asyncio.Protocol):
             return
         self._pong_due = True
         self._ws.send_ping(os.urandom(4))
-        self._flush()
+        self.flush()
         self._arm_ping()
 
 
@@ -376,6 +376,7 @@ class WsTransport(LayeredTransport):
 
     def close(self) -> None:
         self._protocol.end_of_stream()
+        self._protocol.flush()  # an answer websockets has queued (the client's close frame's echo) first
         self._raw.close()
 
     def get_extra_info(self, name: str, default: object = None) -> object:
