@@ -129,7 +129,9 @@ def hand_off(self: Session, event: Hs3Received, node: str | None) -> bool:
         hs.resumed  # moved once already: never again, so no two sessions chase each other
         or self._layer is not None  # WebSocket framing lives in this process
         or self._relay.ssl_context is not None  # so does TLS state
-        or transport.get_write_buffer_size()  # hs2 still queued here (a client not reading) would be lost
+        # hs2 still queued here would be lost. A guard only: hs2 is the first thing
+        # we write and far smaller than a socket's buffer, so no client can make it so.
+        or transport.get_write_buffer_size()
         or not handoff.has(node)
     ):
         return False
