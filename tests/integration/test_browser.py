@@ -157,3 +157,22 @@ def test_a_file_sent_from_the_page_is_received_by_forwarding_recv(page, tmp_path
     page.wait_for_selector("#send-status.ok", timeout=MS)
     assert "desk has from-the-page.bin" in page.inner_text("#send-status")
     shot(page, "sent-file")
+
+
+@pytest.mark.parametrize("mode", ["raw", "framed"])
+def test_a_page_that_closes_its_session_sees_a_clean_close(page, mode):
+    """The relay answers the page's close frame: wasClean, code 1000; the library does not report "lost"."""
+    result = page.evaluate(
+        """async (mode) => {
+            const { connect } = await import("/forwarding.js");
+            const ch = await connect(undefined, { chid: "closing-" + mode, mode });
+            const closed = new Promise((resolve) =>
+                ch.ws.addEventListener("close", (e) => resolve({ code: e.code, clean: e.wasClean })));
+            await ch.close();
+            const event = await closed;
+            return { ...event, reported: ch.closed && ch.closed.code };
+        }""",
+        mode,
+    )
+    assert result == {"code": 1000, "clean": True, "reported": "closed"}, result
+    assert 'reason="client_closed"' in page.server.closed_line(f"closing-{mode}")
