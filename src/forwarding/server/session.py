@@ -86,6 +86,7 @@ class Session(asyncio.Protocol, Expiring):
         "_in_done",
         "_out_done",
         "_closing",
+        "_aborted",
         "_transport",
         "_ip",
         "_admitted",
@@ -147,6 +148,7 @@ class Session(asyncio.Protocol, Expiring):
         self._in_done = False
         self._out_done = False
         self._closing = False  # a graceful close is under way (see _close)
+        self._aborted = False  # reset by us: what was queued is counted as dropped, once
         self._transport: asyncio.Transport | None = None
         self._ip = "?"
         self._admitted = False
@@ -709,8 +711,7 @@ class Session(asyncio.Protocol, Expiring):
         if transport is None:
             return
         if abort:
-            self.dropped += transport.get_write_buffer_size()
-            transport.abort()
+            self._abort(transport)
             return
         if self._closing:
             return
@@ -731,8 +732,7 @@ class Session(asyncio.Protocol, Expiring):
         except OSError as exc:  # ENOTCONN: reset by the peer, not yet reported by a read
             if self.outcome is None:
                 self.outcome, self.desc = Outcome.RESET, str(exc) or type(exc).__name__
-            self.dropped += transport.get_write_buffer_size()
-            transport.abort()
+            self._abort(transport)
             return False
 
     def _close_expired(self) -> None:
@@ -740,7 +740,16 @@ class Session(asyncio.Protocol, Expiring):
         if transport is None or transport.is_closing() and not transport.get_write_buffer_size():
             return
         # The client neither took what was queued nor answered our FIN in time.
-        self.dropped += transport.get_write_buffer_size()
+        self._abort(transport)
+
+    def _abort(self, transport: asyncio.Transport) -> None:
+        """RST; what was still queued for the client is counted as dropped, once.
+
+        Once: uvloop still reports an aborted transport's buffer, and a layer may
+        ask again (a WebSocket read holds many frames that each break a rule)."""
+        if not self._aborted:
+            self._aborted = True
+            self.dropped += transport.get_write_buffer_size()
         transport.abort()
 
     def _leave_router(self) -> None:

@@ -123,6 +123,9 @@ class WsProtocol(asyncio.Protocol):
         ws = self._ws
         ws.receive_data(data)
         for event in ws.events_received():
+            raw = self._raw
+            if raw is None or raw.is_closing():
+                break  # cut off by an earlier frame of this read: the rest is not looked at
             if isinstance(event, Request):
                 self._request(event)
             elif isinstance(event, Frame):
