@@ -8,6 +8,7 @@ called ``self`` on purpose: these are the session's methods, filed here.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from ..protocol.frames import (
@@ -29,7 +30,7 @@ from ..protocol.frames import (
     reply_ok,
 )
 from ..protocol.messages import own_chid_desc, quote
-from . import visits
+from . import turns, visits
 from .outcome import Outcome
 
 if TYPE_CHECKING:
@@ -57,8 +58,15 @@ def run_frames(self: Session, frames: list[Frame]) -> None:
     assert parser is not None
     # Every complete frame before a bad header is executed first, however
     # TCP cut the stream (docs/protocol.md, 12.2).
+    deadline = time.monotonic() + turns.SLICE
     for i, frame in enumerate(frames):
         if self.outcome is not None:
+            return
+        if i and not i % turns.CHECK_EVERY and time.monotonic() > deadline:
+            # Our slice of the loop is spent (server/turns.py): the rest at the next turn.
+            self._backlog = frames[i:]
+            self.throttle(turns.TURN)
+            self._loop.call_soon(self.unthrottle, turns.TURN)
             return
         if frame.kind == DATA:
             if self._in_done or self._service:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Iterable
 from importlib import resources
 from typing import TYPE_CHECKING, cast
@@ -42,6 +43,7 @@ from websockets.server import ServerProtocol
 
 from ..layered import LayeredTransport
 from ..logs import Limited, blur_address
+from . import turns
 from .outcome import Outcome
 from .session import Session
 
@@ -51,6 +53,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("forwarding.ws")
 
 WS_PATH = "/ws"
+_PIECE = 16 << 10
+"""Bytes of a read parsed at a time while they hold many frames (about 6 ms of 7-byte frames)."""
+_FEW = 64
+"""Frames in a piece below which the rest of the read is parsed in one go."""
 _QUIET = logging.getLogger("forwarding.ws.protocol")  # websockets' own debug lines, off by default
 _QUIET.propagate = False
 _QUIET.addHandler(logging.NullHandler())
@@ -102,6 +108,8 @@ class WsProtocol(asyncio.Protocol):
         # deadlocks clients that send under the lock their reader needs.)
         self._backlogged = False
         self._pong_debt = 0
+        self._held = False  # the Session paused its reading
+        self._deferred: bytearray | None = None  # read, not yet parsed: it waits for our next turn
 
     # -- from the socket (or TLS) ---------------------------------------------------
 
@@ -120,17 +128,62 @@ class WsProtocol(asyncio.Protocol):
         """Called by TlsProtocol (wss://); the upgrade comes next."""
 
     def data_received(self, data: bytes) -> None:
+        if self._deferred is not None:  # read while our turn is over (the Session resumed us): in order
+            self._deferred += data
+            return
+        self._receive(data)
+
+    def _receive(self, data: bytes | bytearray) -> None:
+        """Parse and run ``data`` for at most a slice of the loop (server/turns.py); defer the rest.
+
+        websockets parses all it is given at once, and a read of 7-byte frames
+        takes about 100 ms: so a read goes in in pieces while the pieces turn out
+        to hold many frames, and at the slice's end the rest waits for the next turn.
+        """
         ws = self._ws
-        ws.receive_data(data)
-        for event in ws.events_received():
-            raw = self._raw
-            if raw is None or raw.is_closing():
-                break  # cut off by an earlier frame of this read: the rest is not looked at
-            if isinstance(event, Request):
-                self._request(event)
-            elif isinstance(event, Frame):
-                self._frame(event)
-        self.flush()
+        deadline = time.monotonic() + turns.SLICE
+        pos, size, piece = 0, len(data), _PIECE
+        while pos < size:
+            end = size if piece == 0 else min(size, pos + piece)
+            ws.receive_data(data if pos == 0 and end == size else data[pos:end])
+            pos = end
+            events = ws.events_received()
+            for event in events:
+                raw = self._raw
+                if raw is None or raw.is_closing():
+                    return  # cut off by an earlier frame of this read: the rest is not looked at
+                if isinstance(event, Request):
+                    self._request(event)
+                elif isinstance(event, Frame):
+                    self._frame(event)
+            self.flush()
+            if len(events) < _FEW:
+                piece = 0  # large messages: the rest in one go
+            if pos < size and time.monotonic() > deadline:
+                self._deferred = bytearray(data[pos:])
+                self._set_reading()
+                self._relay.loop.call_soon(self._next_turn)
+                return
+
+    def _next_turn(self) -> None:
+        data, self._deferred = self._deferred, None
+        if data is not None and self._raw is not None:
+            self._receive(data)
+        self._set_reading()
+
+    def hold_reading(self, held: bool) -> None:
+        """The Session's own pause (a receiver over its mark, a rate cap...), kept apart from our turns."""
+        self._held = held
+        self._set_reading()
+
+    def _set_reading(self) -> None:
+        raw = self._raw
+        if raw is None or raw.is_closing():
+            return
+        if self._held or self._deferred is not None:
+            raw.pause_reading()
+        else:
+            raw.resume_reading()
 
     def eof_received(self) -> bool:
         # TCP FIN without a close frame: the client has gone (browsers never half-close).
@@ -370,6 +423,12 @@ class WsTransport(LayeredTransport):
     def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
         # One write, one message: a framed receiver's header and payload stay together.
         self._protocol.send(b"".join(list_of_data))
+
+    def pause_reading(self) -> None:
+        self._protocol.hold_reading(True)
+
+    def resume_reading(self) -> None:
+        self._protocol.hold_reading(False)
 
     def write_eof(self) -> None:
         self._protocol.end_of_stream()
