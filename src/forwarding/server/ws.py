@@ -143,9 +143,10 @@ class WsProtocol(asyncio.Protocol):
         ws = self._ws
         deadline = time.monotonic() + turns.SLICE
         pos, size, piece = 0, len(data), _PIECE
+        view = memoryview(data)  # pieces without copies: websockets copies them into its buffer anyway
         while pos < size:
             end = size if piece == 0 else min(size, pos + piece)
-            ws.receive_data(data if pos == 0 and end == size else data[pos:end])
+            ws.receive_data(data if pos == 0 and end == size else cast(bytes, view[pos:end]))
             pos = end
             events = ws.events_received()
             for event in events:
@@ -160,7 +161,7 @@ class WsProtocol(asyncio.Protocol):
             if len(events) < _FEW:
                 piece = 0  # large messages: the rest in one go
             if pos < size and time.monotonic() > deadline:
-                self._deferred = bytearray(data[pos:])
+                self._deferred = bytearray(view[pos:])
                 self._set_reading()
                 self._relay.loop.call_soon(self._next_turn)
                 return
