@@ -5,9 +5,14 @@ others, each read up to 256 KiB. Forwarding a read costs microseconds, but
 one full of tiny frames costs about 100 ms to execute (a framed frame, or a
 WebSocket frame, is worth 7 bytes), so one client could hold every other
 session for seconds. A session that has spent ``SLICE`` on its input stops
-there: the rest waits, in order, behind a :data:`TURN` among its blockers
-(reading paused, as for a receiver over its mark), and goes on at the loop's
-next turn, after everyone else's ready callbacks.
+there and goes on at the loop's next turn, after everyone else's ready
+callbacks, its reading paused meanwhile:
+
+* framed frames: the rest of the read waits, in order, behind a :data:`TURN`
+  among the session's blockers, as behind a receiver over its mark
+  (server/framed.py);
+* WebSocket bytes, which websockets parses below the Session: the layer keeps
+  the unparsed rest of the read itself (server/ws.py).
 """
 
 from __future__ import annotations
